@@ -80,8 +80,16 @@ pytest: $(STAMP)
 mptest: $(STAMP)
 	MICROPYPATH=$(MICROPYPATH_TEST) $(BIN)/micropython tests/fw/mprun.py
 
-bench: $(STAMP)
+# Three runs of one script: the .mpy bundle in a 100 KB heap (what an ESP32 without PSRAM has
+# for Python), the sources in the unix port's default heap, and CPython for a ratio.
+bench: $(STAMP) mpy
+	@echo "== micropython, build/mpy, -X heapsize=100K"
+	MICROPYPATH=.frozen:$(CURDIR)/$(MPY_OUT) $(BIN)/micropython -X heapsize=100K \
+	    bench/bench_planner.py
+	@echo "== micropython, sources, default heap"
 	MICROPYPATH=$(MICROPYPATH_FW) $(BIN)/micropython bench/bench_planner.py
+	@echo "== cpython"
+	PYTHONPATH=firmware $(BIN)/python bench/bench_planner.py
 
 clean:
 	rm -rf $(VENV) $(BUILD) .pytest_cache .ruff_cache .hypothesis *.egg-info \

@@ -582,15 +582,13 @@ def _validate(c, doc):
                 prns.append(np_)
     if c.problems:
         return None
-    seen = {}
-    for i, d in enumerate(doses):
-        if d["id"] in seen:
-            c.add("dose[%d].id" % i, '"%s" is already used by %s' % (d["id"], seen[d["id"]]))
-        seen[d["id"]] = "dose[%d]" % i
-    for i, p in enumerate(prns):
-        if p["id"] in seen:
-            c.add("prn[%d].id" % i, '"%s" is already used by %s' % (p["id"], seen[p["id"]]))
-        seen[p["id"]] = "prn[%d]" % i
+    seen = {}  # doses and as-needed rules share one namespace of ids
+    for kind, entries in (("dose", doses), ("prn", prns)):
+        for i, e in enumerate(entries):
+            where = "%s[%d]" % (kind, i)
+            if e["id"] in seen:
+                c.add(where + ".id", '"%s" is already used by %s' % (e["id"], seen[e["id"]]))
+            seen[e["id"]] = where
     dispensed = [d for d in doses if not d["reminder_only"]]
     if comp is not None and len(dispensed) > comp:
         c.add(
