@@ -12,11 +12,25 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_EVERY = 90  # longest "every N days" step a schedule may use
 
 
+DIGITS = "0123456789"
+
+
+def is_digits(text):
+    """True if `text` is one or more ASCII digits. (str.isdigit differs between the VMs:
+    CPython also accepts "²" or "٣", which int() may then refuse; MicroPython does not.)"""
+    if not text:
+        return False
+    for ch in text:
+        if ch not in DIGITS:
+            return False
+    return True
+
+
 def days_from_civil(y, m, d):
     """Day number of the date y-m-d (m 1..12, d 1..31); no range checks."""
     if m <= 2:
         y -= 1
-    era = (y if y >= 0 else y - 399) // 400
+    era = y // 400  # Python's // floors, so no C-style adjustment for negative years
     yoe = y - era * 400
     mp = m - 3 if m > 2 else m + 9
     doy = (153 * mp + 2) // 5 + d - 1
@@ -27,7 +41,7 @@ def days_from_civil(y, m, d):
 def civil_from_days(z):
     """(year, month, day) of day number z."""
     z += 719468
-    era = (z if z >= 0 else z - 146096) // 146097
+    era = z // 146097
     doe = z - era * 146097
     yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
     y = yoe + era * 400
@@ -58,7 +72,7 @@ def parse_date(text):
     if not isinstance(text, str) or len(text) != 10 or text[4] != "-" or text[7] != "-":
         return None
     ys, ms, ds = text[0:4], text[5:7], text[8:10]
-    if not (ys.isdigit() and ms.isdigit() and ds.isdigit()):
+    if not (is_digits(ys) and is_digits(ms) and is_digits(ds)):
         return None
     y, m, d = int(ys), int(ms), int(ds)
     if not (1 <= m <= 12) or not (1 <= d <= days_in_month(y, m)):
@@ -76,7 +90,7 @@ def parse_hhmm(text):
     if not isinstance(text, str) or not (4 <= len(text) <= 5) or text[-3] != ":":
         return None
     hs, ms = text[:-3], text[-2:]
-    if not (hs.isdigit() and ms.isdigit()):
+    if not (is_digits(hs) and is_digits(ms)):
         return None
     h, m = int(hs), int(ms)
     if h > 23 or m > 59:

@@ -85,7 +85,8 @@ def occurrences(sched, from_utc, to_utc):
 
 def next_due(sched, now_utc):
     """(utc seconds, dose id) of the first occurrence at or after now_utc, or None if the
-    schedule has ended."""
+    schedule has ended. Ties are broken by id, as in `occurrences`; validation makes sure no
+    two doses ever share an instant, even on the spring-forward day."""
     p = _plan(sched)
     z = max(p.local_day(now_utc) - 1, p.start)
     stop = z + _HORIZON
@@ -96,7 +97,7 @@ def next_due(sched, now_utc):
         for slot in p.slots:
             if p.on_day(slot, z):
                 u = p.instant(slot, z)
-                if u >= now_utc and (best is None or u < best[0]):
+                if u >= now_utc and (best is None or (u, slot[3]) < best):
                     best = (u, slot[3])
         if best is not None:
             return best
@@ -106,8 +107,12 @@ def next_due(sched, now_utc):
 
 def prn_allowed_at(rule, taken_utc, now_utc):
     """Earliest UTC second (>= now_utc) at which the as-needed `rule` allows another dose,
-    given the UTC seconds of earlier doses taken under it (any order)."""
-    past = sorted(t for t in taken_utc if t <= now_utc)
+    given the UTC seconds of doses already taken under it (any order).
+
+    A record later than `now_utc` means the clock stepped back since it was written; it is
+    counted as taken just now, never ignored, so a clock step cannot allow a dose early.
+    """
+    past = sorted(t if t <= now_utc else now_utc for t in taken_utc)
     at = now_utc
     if past:
         at = max(at, past[-1] + rule["min_interval_h"] * 3600)

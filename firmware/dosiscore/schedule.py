@@ -51,6 +51,7 @@ _DOSE_KEYS = ("id", "time", "days", "items", "reminder_only") + _PER_DOSE_ALERTS
 _ITEM_KEYS = ("name", "count")
 _PRN_KEYS = ("id", "name", "min_interval_h", "max_per_24h")
 LANGUAGES = ("da", "en")
+_D = civil.DIGITS
 
 
 class ScheduleError(ValueError):
@@ -129,18 +130,18 @@ def looks_like_cpr(text):
     n = len(text)
     i = 0
     while i < n:
-        if not text[i].isdigit() or (i > 0 and text[i - 1].isdigit()):
+        if text[i] not in _D or (i > 0 and text[i - 1] in _D):
             i += 1
             continue
         j = i
-        while j < n and text[j].isdigit():
+        while j < n and text[j] in _D:
             j += 1
         run = j - i
         if run == 10:
             return True
         if run == 6 and j + 5 <= n and text[j] in "- ":
             k = j + 1
-            while k < n and text[k].isdigit():
+            while k < n and text[k] in _D:
                 k += 1
             if k - j - 1 == 4:
                 return True
@@ -160,7 +161,8 @@ class _Checker:
             if not isinstance(k, str):
                 self.add(path or "(document)", "key %s is not text" % _q(k))
             elif k not in allowed:
-                where = (path + "." + k) if path else k
+                name = k or '""'
+                where = (path + "." + name) if path else name
                 guess = did_you_mean(k, allowed)
                 if guess:
                     self.add(where, 'unknown key; did you mean "%s"?' % guess)
@@ -405,10 +407,44 @@ def _window(d):
     return d["time"] - d["early_min"], d["time"] + d["late_lock_min"]
 
 
+def _hhmm_pair(a, b):
+    return '"%s" (%s) and "%s" (%s)' % (
+        a["id"],
+        civil.format_hhmm(a["time"]),
+        b["id"],
+        civil.format_hhmm(b["time"]),
+    )
+
+
+def _dst_clash(zone, year, a, b, k):
+    """On the days the clocks change in `year`, with a on some day and b k days later:
+    "same" if both fire at one instant, "overlap" if their windows overlap in real time,
+    else None. Exact: the same local-to-UTC policy the planner uses."""
+    tr = zone.transitions(year)
+    if tr is None:
+        return None
+    for t in tr:
+        z = zone.local(t) // civil.DAY
+        for za in (z - 1, z):
+            ua = zone.utc(za * civil.DAY + a["time"] * 60)
+            ub = zone.utc((za + k) * civil.DAY + b["time"] * 60)
+            if ua == ub:
+                return "same"
+            if a["reminder_only"] or b["reminder_only"]:
+                continue
+            alo, ahi = ua - a["early_min"] * 60, ua + a["late_lock_min"] * 60
+            blo, bhi = ub - b["early_min"] * 60, ub + b["late_lock_min"] * 60
+            if alo < bhi and blo < ahi:
+                return "overlap"
+    return None
+
+
 def _check_pairs(c, doses, start, zone):
-    """Reject doses in the same minute, and dispensed doses whose availability windows
-    overlap on any day they can both occur (two compartments open invites a double dose)."""
-    gap = zone.spring_gap()
+    """Reject doses in the same minute, doses that fire at one instant when the clocks go
+    forward, and dispensed doses whose availability windows overlap on any day both can occur
+    (two compartments open invites a double dose), on the wall clock and, on the days the
+    clocks change, in real time."""
+    year = civil.civil_from_days(start)[0]
     pats = [pattern(d["days"]) for d in doses]
     for i in range(len(doses)):
         for j in range(len(doses)):
@@ -425,52 +461,29 @@ def _check_pairs(c, doses, start, zone):
                         % (a["id"], b["id"], civil.format_hhmm(a["time"]), when),
                     )
                     continue
-                if a["reminder_only"] or b["reminder_only"]:
-                    continue
-                (alo, ahi), (blo, bhi) = _window(a), _window(b)
-                blo += 1440 * k
-                bhi += 1440 * k
-                if alo < bhi and blo < ahi:
+                if not (a["reminder_only"] or b["reminder_only"]):
+                    (alo, ahi), (blo, bhi) = _window(a), _window(b)
+                    if alo < bhi + 1440 * k and blo + 1440 * k < ahi:
+                        c.add(
+                            "dose",
+                            "%s overlap %s: each is available from early_min before until "
+                            "late_lock_min after its time; shorten the windows or move a dose"
+                            % (_hhmm_pair(a, b), when),
+                        )
+                        continue
+                clash = _dst_clash(zone, year, a, b, k)
+                if clash == "same":
                     c.add(
                         "dose",
-                        '"%s" (%s) and "%s" (%s) overlap %s: each is available from '
-                        "early_min before until late_lock_min after its time; shorten the "
-                        "windows or move a dose"
-                        % (
-                            a["id"],
-                            civil.format_hhmm(a["time"]),
-                            b["id"],
-                            civil.format_hhmm(b["time"]),
-                            when,
-                        ),
+                        "%s would fire at the same instant on the day the clocks go forward "
+                        "(a time in the skipped hour fires when it ends); move one of them"
+                        % _hhmm_pair(a, b),
                     )
-                    continue
-                if gap is None:
-                    continue
-                # On the spring-forward day the clock skips `gap[1]` minutes: two windows
-                # that merely touch on the wall clock may overlap in real time.
-                first, second = (a, b) if ta < tb else (b, a)
-                tf, ts = (ta, tb) if ta < tb else (tb, ta)
-                slack = (blo - ahi) if ta < tb else (alo - bhi)
-                g0 = gap[0]
-                crosses = False
-                for g in (g0, g0 + 1440):
-                    if tf <= g + gap[1] and g <= ts:
-                        crosses = True
-                if crosses and slack < gap[1]:
+                elif clash == "overlap":
                     c.add(
                         "dose",
-                        '"%s" (%s) and "%s" (%s) would overlap on the day clocks '
-                        "go forward (%d minutes are skipped); leave at least %d minutes "
-                        "between their windows"
-                        % (
-                            first["id"],
-                            civil.format_hhmm(tf % 1440),
-                            second["id"],
-                            civil.format_hhmm(ts % 1440),
-                            gap[1],
-                            gap[1],
-                        ),
+                        "%s would overlap on a day the clocks change, when an hour is skipped "
+                        "or repeated; leave more time between their windows" % _hhmm_pair(a, b),
                     )
 
 

@@ -25,6 +25,9 @@ ZONES = {
 DEFAULT_ZONE = "Europe/Copenhagen"
 
 
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
 class TzError(ValueError):
     """A TZ rule string that cannot be parsed; the message says what is wrong."""
 
@@ -51,7 +54,7 @@ class _Reader:
 
     def number(self, what):
         j = self.i
-        while self.i < len(self.s) and self.s[self.i].isdigit():
+        while self.i < len(self.s) and self.s[self.i] in civil.DIGITS:
             self.i += 1
         if j == self.i:
             raise TzError("expected %s at position %d of %r" % (what, j, self.s))
@@ -67,7 +70,7 @@ class _Reader:
             n = self.s[j : self.i - 1]
         else:
             j = self.i
-            while self.peek().isalpha():
+            while self.peek() and self.peek() in _LETTERS:
                 self.i += 1
             n = self.s[j : self.i]
         if len(n) < 3:

@@ -142,5 +142,5 @@ def test_prn_allowed_at():
     # three in the last 24 h: the oldest must leave the window
     taken = [now - 20 * 3600, now - 13 * 3600, now - 7 * 3600]
     assert planner.prn_allowed_at(rule, taken, now) == now + 4 * 3600
-    # a future-dated record (clock went back) does not count as taken
-    assert planner.prn_allowed_at(rule, [now + 3600], now) == now
+    # a future-dated record (the clock went back) counts as taken just now, never as absent
+    assert planner.prn_allowed_at(rule, [now + 3600], now) == now + 6 * 3600

@@ -200,15 +200,19 @@ def test_spring_forward_squeeze_rejected():
     d = _doc()
     d["dose"][0]["time"] = "01:30"
     d["dose"][1]["time"] = "04:00"
-    _has(_problems(d), "would overlap on the day clocks go forward")
+    _has(_problems(d), "would overlap on a day the clocks change")
     # the same pair in UTC (no daylight saving) is fine
     d["timezone"] = "UTC"
     schedule.validate(d)
-    # two doses in the spring gap would both fire at 03:00
+    # 01:50 open until 02:00 wall; 02:40 is in the gap and fires at 03:00: fine
     d = _doc()
-    d["dose"][0].update({"time": "02:10", "late_lock_min": 10})
+    d["dose"][0].update({"time": "01:50", "late_lock_min": 10})
     d["dose"][1].update({"time": "02:40", "early_min": 0})
-    _has(_problems(d), "would overlap on the day clocks go forward")
+    schedule.validate(d)
+    # but 01:50 open until 02:30 wall: on the spring day, 01:50 CET + 40 min = 03:30 CEST,
+    # after 02:40 has fired at 03:00
+    d["dose"][0]["late_lock_min"] = 40
+    _has(_problems(d), "would overlap on a day the clocks change")
 
 
 def test_day_patterns_normalised():
@@ -264,3 +268,19 @@ def test_validation_survives_odd_values():
                 schedule.validate(d)
             except schedule.ScheduleError as e:
                 assert e.problems
+
+
+def test_two_doses_in_the_spring_gap_rejected_even_reminders():
+    # 02:15 and 02:45 both fire at 03:00 on the spring day: one would be lost
+    d = _doc()
+    d["dose"][0].update({"time": "02:15", "reminder_only": True})
+    d["dose"][1].update({"time": "02:45", "reminder_only": True})
+    _has(_problems(d), "would fire at the same instant on the day the clocks go forward")
+    d["dose"][1]["time"] = "03:00"
+    _has(_problems(d), "would fire at the same instant")
+    d["dose"][1]["time"] = "03:01"
+    schedule.validate(d)
+
+
+def test_empty_key_named_in_path():
+    _has(_problems(_doc(**{"": 1})), '"": unknown key')
