@@ -1,0 +1,289 @@
+"""The dose state machine: from the schedule, what has happened, and `now`, what to do.
+
+Pure: no hardware, no asyncio; `now` (UTC seconds) is an argument of every call. The device's
+dose task calls `update(now)` whenever it wakes (at `next_wake(now)`, on a button, after a clock
+change) and turns the returned events and the `view` into carousel moves, light, tone, screen
+and log records.
+
+An occurrence is (UTC instant, dose id), recomputed from the schedule on every call, never
+remembered across a clock change. Its phase follows from `now`:
+
+    upcoming -> available (early window: light only) -> due (tone, louder every N minutes)
+             -> exactly one terminal state: taken | missed (late lock) | skipped
+
+Only terminal states are stored ("facts"), keyed by the occurrence. Safety rules:
+- never offered twice: an occurrence with a fact is never shown again, and neither is any
+  occurrence at or before the latest one that reached a terminal state (`hwm`), so a clock
+  stepping back, even by weeks, re-opens nothing;
+- never early: nothing is available before its instant minus its early window;
+- never silently lost: an occurrence whose window passed while the device was off or the clock
+  jumped is recorded as missed, with the reason, and the care team is told;
+- one at a time: at most one occurrence is active (validation forbids overlapping windows; if a
+  schedule change still makes two overlap, the earlier one is ended first).
+"""
+
+from dosiscore import planner
+
+UPCOMING = 0
+AVAILABLE = 1
+DUE = 2
+
+TAKEN = "taken"
+MISSED = "missed"
+SKIPPED = "skipped"
+
+MODES = ("normal", "assisted", "paused", "travel")
+MAX_LEVEL = 4  # volume steps of the buzzer
+REFILL_WARN = 4  # doses left when the device asks for a refill
+_LOOKBACK_MAX = 7 * 86400  # how far back a boot looks for doses missed while off
+_FACTS_KEEP = 8 * 86400  # facts older than this are pruned (hwm still guards them)
+
+
+def occ_key(t, dose_id):
+    return "%d/%s" % (t, dose_id)
+
+
+class Doses:
+    """Dose state for one schedule. Persist `state()` and pass it back to resume."""
+
+    def __init__(self, doc, state=None, now=None):
+        self.doc = doc
+        self.plan = planner.Plan(doc)
+        self.by_id = {}
+        self.max_early = 0
+        self.max_late = 0
+        for d in doc["dose"]:
+            self.by_id[d["id"]] = d
+            self.max_early = max(self.max_early, d["early_min"] * 60)
+            self.max_late = max(self.max_late, d["late_lock_min"] * 60)
+        self.louder = doc["alerts"]["louder_every_min"] * 60
+        s = state or {}
+        self.facts = s.get("facts", {})  # occ key -> [state, reason, at]
+        self.notified = s.get("notified", [])  # occ keys the care team was told about
+        self.hwm = s.get("hwm")  # instant of the latest occurrence with a terminal state
+        # Doses before the schedule became active are none of this device's business.
+        self.since = s.get("since", now)
+        self.fill = s.get("fill")  # instant from which compartment 1 onwards was filled
+        self.mode = s.get("mode", "normal")
+        self.prn_taken = s.get("prn", [])
+        self.last_seen = s.get("seen")
+        self.refill_said = s.get("refill_said")  # lowest "doses left" already announced
+        self.active = None  # (t, id) of the occurrence shown now
+        self._shown = None  # (key, phase, level) last announced
+        self.view = {"occ": None, "phase": None, "level": 0, "compartment": None}
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def state(self):
+        return {
+            "facts": self.facts,
+            "notified": self.notified,
+            "hwm": self.hwm,
+            "since": self.since,
+            "fill": self.fill,
+            "mode": self.mode,
+            "prn": self.prn_taken,
+            "seen": self.last_seen,
+            "refill_said": self.refill_said,
+        }
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def dose(self, dose_id):
+        return self.by_id[dose_id]
+
+    def compartment(self, t, dose_id):
+        """Compartment (1..n) holding occurrence (t, dose_id), or None: a reminder-only dose,
+        no fill recorded, or beyond the last filled compartment."""
+        if self.fill is None or self.by_id[dose_id]["reminder_only"] or t < self.fill:
+            return None
+        n = 0
+        for u, i in planner.occurrences(self.plan, self.fill, t + 1):
+            if self.by_id[i]["reminder_only"]:
+                continue
+            n += 1
+            if u == t and i == dose_id:
+                return n if n <= self.doc["compartments"] else None
+            if n > self.doc["compartments"]:
+                return None
+        return None
+
+    def doses_left(self, now):
+        """Filled compartments not yet reached, or None if no fill is recorded."""
+        if self.fill is None:
+            return None
+        used = 0
+        for _, i in planner.occurrences(self.plan, self.fill, now):
+            if not self.by_id[i]["reminder_only"]:
+                used += 1
+        return max(0, self.doc["compartments"] - used)
+
+    def next_wake(self, now):
+        """The next instant after `now` at which something changes (never a busy poll)."""
+        best = None
+        span = self.max_early + self.max_late
+        for t, i in planner.occurrences(self.plan, now - self.max_late, now + span + 86400):
+            d = self.by_id[i]
+            cands = (
+                t - d["early_min"] * 60,
+                t,
+                t + d["notify_min"] * 60,
+                t + d["late_lock_min"] * 60,
+            )
+            for c in cands:
+                if c > now and (best is None or c < best):
+                    best = c
+            if t <= now < t + d["late_lock_min"] * 60:
+                c = t + ((now - t) // self.louder + 1) * self.louder
+                if best is None or c < best:
+                    best = c
+        if best is None:
+            nxt = planner.next_due(self.plan, now + span + 86400)
+            best = nxt[0] - self.max_early if nxt else now + 86400
+        return best
+
+    # -- the state machine ---------------------------------------------------------------------
+
+    def _end(self, occ, state, reason, now, events):
+        t, i = occ
+        self.facts[occ_key(t, i)] = [state, reason, now]
+        if self.hwm is None or t > self.hwm:
+            self.hwm = t
+        events.append((state, occ, reason))
+        if self.active == occ:
+            self.active = None
+
+    def update(self, now):
+        """Advance to `now`; return the events this produced, and refresh `view`."""
+        events = []
+        back = self.max_late + 60
+        if self.last_seen is not None and self.last_seen < now:
+            back = max(back, min(now - self.last_seen + self.max_late, _LOOKBACK_MAX))
+        lo = now - back
+        if self.since is not None and lo < self.since:
+            lo = self.since
+        floor = self.hwm
+        active = None
+        for occ in planner.occurrences(self.plan, lo, now + self.max_early + 1):
+            t, i = occ
+            key = occ_key(t, i)
+            if key in self.facts or (floor is not None and t <= floor):
+                continue
+            d = self.by_id[i]
+            if now < t - d["early_min"] * 60:
+                continue
+            unseen = self.last_seen is None or self.last_seen < t - d["early_min"] * 60
+            if now >= t + d["late_lock_min"] * 60:
+                if self.mode in ("paused", "travel", "assisted"):
+                    self._end(occ, SKIPPED, self.mode, now, events)
+                else:
+                    if key not in self.notified:
+                        self.notified.append(key)
+                    self._end(occ, MISSED, "unseen" if unseen else "late", now, events)
+                continue
+            if self.mode in ("paused", "travel"):
+                if now >= t:
+                    self._end(occ, SKIPPED, self.mode, now, events)
+                continue
+            if active is not None:
+                # Two windows overlap (only possible across a schedule change): end the
+                # earlier so that never two compartments are open.
+                self._end(active, MISSED, "superseded", now, events)
+            active = occ
+            if (
+                self.mode == "normal"
+                and now >= t + d["notify_min"] * 60
+                and key not in self.notified
+            ):
+                self.notified.append(key)
+                events.append(("notify", occ, "not taken"))
+        self.active = active
+        self._refresh_view(now, events)
+        self._refill_check(now, events)
+        self._prune(now)
+        self.last_seen = now if self.last_seen is None else max(self.last_seen, now)
+        return events
+
+    def _refresh_view(self, now, events):
+        v = self.view
+        occ = self.active
+        if occ is None:
+            v["occ"], v["phase"], v["level"], v["compartment"] = None, None, 0, None
+            self._shown = None
+            return
+        t, i = occ
+        phase = AVAILABLE if now < t else DUE
+        level = 0
+        if phase == DUE and self.mode == "normal":
+            level = min(MAX_LEVEL, 1 + (now - t) // self.louder)
+        v["occ"], v["phase"], v["level"] = occ, phase, level
+        v["compartment"] = self.compartment(t, i)
+        shown = self._shown
+        key = occ_key(t, i)
+        if shown is None or shown[0] != key:
+            # First shown after its instant (device was off, clock jumped): say it is late.
+            late = "late" if now >= t + 60 else ""
+            events.append(("available" if phase == AVAILABLE else "due", occ, late))
+        elif shown[1] != phase:
+            events.append(("due", occ, ""))
+        elif shown[2] != level:
+            events.append(("louder", occ, level))
+        self._shown = (key, phase, level)
+
+    def _refill_check(self, now, events):
+        left = self.doses_left(now)
+        if left is None:
+            return
+        if left == 0 and self.refill_said != 0:
+            self.refill_said = 0
+            events.append(("empty", None, 0))
+        elif 0 < left <= REFILL_WARN and (self.refill_said is None or self.refill_said > left):
+            if self.refill_said is None or self.refill_said > REFILL_WARN:
+                events.append(("refill", None, left))
+            self.refill_said = left
+
+    def _prune(self, now):
+        old = now - _FACTS_KEEP
+        for k in list(self.facts):
+            if int(k.split("/")[0]) < old:
+                del self.facts[k]
+        self.notified = [k for k in self.notified if int(k.split("/")[0]) >= old]
+        self.prn_taken = [t for t in self.prn_taken if t > now - 86400]
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def taken(self, now, how="button"):
+        """The big button (or the beam) confirms the active dose. Returns the events."""
+        events = []
+        occ = self.active
+        if occ is None:
+            return events
+        reason = how if self.mode == "normal" else "%s,%s" % (how, self.mode)
+        self._end(occ, TAKEN, reason, now, events)
+        self._refresh_view(now, events)
+        return events
+
+    def prn_request(self, now):
+        """A long press asks for the first as-needed medicine. Returns (allowed, at, events)."""
+        rules = self.doc["prn"]
+        if not rules:
+            return False, None, [("prn", None, "none")]
+        rule = rules[0]
+        at = planner.prn_allowed_at(rule, self.prn_taken, now)
+        allowed = at <= now
+        if allowed:
+            self.prn_taken.append(now)  # counted as taken: the device cannot see the cupboard
+        return allowed, at, [("prn", None, "%s:%s" % (rule["id"], "ok" if allowed else "no"))]
+
+    def set_mode(self, mode, now):
+        if mode not in MODES:
+            raise ValueError("mode must be one of: %s" % ", ".join(MODES))
+        events = [("mode", None, mode)] if mode != self.mode else []
+        self.mode = mode
+        return events + self.update(now)
+
+    def refilled(self, now):
+        """The carousel was filled: compartment 1 holds the first dispensed dose from now."""
+        self.fill = now
+        self.refill_said = None
+        return [("filled", None, self.doc["compartments"])]

@@ -1,0 +1,256 @@
+"""The dose state machine, driven through whole days: runs under pytest and MicroPython."""
+
+from dosiscore import civil, doses, schedule
+
+
+def _utc(y, mo, d, h=0, mi=0, s=0):
+    return civil.days_from_civil(y, mo, d) * civil.DAY + h * 3600 + mi * 60 + s
+
+
+def _doc(extra=None, **over):
+    d = {
+        "schema": 1,
+        "citizen": "borger-0042",
+        "start": "2026-11-01",
+        "compartments": 28,
+        "dose": [
+            {"id": "morgen", "time": "08:00", "items": ["Metformin 500 mg"]},
+            {"id": "aften", "time": "18:00", "items": ["Simvastatin 40 mg"]},
+        ],
+        "prn": [{"id": "smerte", "name": "Pamol", "min_interval_h": 6, "max_per_24h": 2}],
+    }
+    if extra:
+        d["dose"].append(extra)
+    d.update(over)
+    return schedule.validate(d)
+
+
+# November: CET, UTC+1. 08:00 local = 07:00 UTC.
+DAY1 = _utc(2026, 11, 23)
+MORGEN = _utc(2026, 11, 23, 7)
+AFTEN = _utc(2026, 11, 23, 17)
+
+
+def _machine(now=None, **kw):
+    m = doses.Doses(_doc(**kw), None, DAY1 if now is None else now)
+    m.refilled(DAY1)
+    return m
+
+
+def _kinds(events):
+    return [e[0] for e in events]
+
+
+def test_phases_on_time_and_taken():
+    m = _machine()
+    assert m.update(MORGEN - 31 * 60) == []
+    assert m.view["occ"] is None
+    ev = m.update(MORGEN - 30 * 60)  # early window opens: light only
+    assert ev == [("available", (MORGEN, "morgen"), "")]
+    assert m.view["phase"] == doses.AVAILABLE and m.view["level"] == 0
+    assert m.view["compartment"] == 1
+    assert m.update(MORGEN) == [("due", (MORGEN, "morgen"), "")]
+    assert m.view["level"] == 1
+    assert m.update(MORGEN + 9 * 60) == []
+    assert m.update(MORGEN + 10 * 60) == [("louder", (MORGEN, "morgen"), 2)]
+    ev = m.taken(MORGEN + 12 * 60)
+    assert ev == [("taken", (MORGEN, "morgen"), "button")]
+    assert m.view["occ"] is None
+    # never offered again, whatever the clock says afterwards
+    assert m.update(MORGEN + 13 * 60) == []
+    assert m.update(MORGEN - 5 * 60) == []  # clock stepped back 18 minutes
+    assert m.view["occ"] is None
+    # the evening dose is compartment 2
+    m.update(AFTEN)
+    assert m.view["occ"] == (AFTEN, "aften") and m.view["compartment"] == 2
+
+
+def test_never_early():
+    m = _machine()
+    for s in range(0, MORGEN - 30 * 60 - DAY1, 600):
+        m.update(DAY1 + s)
+        assert m.view["occ"] is None
+    assert m.taken(MORGEN - 30 * 60 - 1) == []
+
+
+def test_missed_notify_then_lock():
+    m = _machine()
+    m.update(MORGEN)
+    assert m.update(MORGEN + 29 * 60) == [("louder", (MORGEN, "morgen"), 3)]
+    ev = m.update(MORGEN + 30 * 60)
+    assert ("notify", (MORGEN, "morgen"), "not taken") in ev
+    assert _kinds(m.update(MORGEN + 119 * 60)) == []
+    assert m.view["level"] == doses.MAX_LEVEL
+    ev = m.update(MORGEN + 120 * 60)
+    assert ev == [("missed", (MORGEN, "morgen"), "late")]
+    assert m.view["occ"] is None
+    assert m.taken(MORGEN + 121 * 60) == []  # a locked dose cannot be taken any more
+
+
+def test_power_off_across_a_dose_is_recorded_as_missed_unseen():
+    m = _machine()
+    m.update(MORGEN - 3 * 3600)
+    saved = m.state()
+    # off from 04:00 to 13:00 local; then resumes from the saved state
+    m2 = doses.Doses(_doc(), saved, None)
+    ev = m2.update(AFTEN - 4 * 3600)
+    assert ev == [("missed", (MORGEN, "morgen"), "unseen")]
+    assert m2.view["occ"] is None
+    assert "%d/morgen" % MORGEN in m2.notified
+
+
+def test_boot_inside_a_window_offers_late_and_says_so():
+    m = _machine()
+    m.update(MORGEN - 3 * 3600)
+    m2 = doses.Doses(_doc(), m.state(), None)
+    ev = m2.update(MORGEN + 40 * 60)
+    assert ("due", (MORGEN, "morgen"), "late") in ev
+    assert ("notify", (MORGEN, "morgen"), "not taken") in ev
+    assert m2.view["occ"] == (MORGEN, "morgen")
+
+
+def test_clock_jump_forward_and_back():
+    m = _machine()
+    m.update(MORGEN - 40 * 60)
+    # forward 11 hours: morning missed (it was never shown), evening available
+    ev = m.update(AFTEN - 20 * 60)
+    assert ("missed", (MORGEN, "morgen"), "unseen") in ev
+    assert ("available", (AFTEN, "aften"), "") in ev
+    m.taken(AFTEN - 10 * 60)
+    # back 12 hours (a bad time source): nothing re-opens, the morning stays missed
+    for s in range(0, 12 * 3600, 300):
+        m.update(MORGEN - 60 * 60 + s)
+        assert m.view["occ"] is None
+    # and back by three weeks: still nothing, the high-water mark guards it
+    m.update(MORGEN - 21 * 86400)
+    m.update(MORGEN - 21 * 86400 + 8 * 3600)
+    assert m.view["occ"] is None
+
+
+def test_restart_mid_window_does_not_offer_a_taken_dose_again():
+    m = _machine()
+    m.update(MORGEN)
+    m.taken(MORGEN + 60)
+    m2 = doses.Doses(_doc(), m.state(), None)
+    assert m2.update(MORGEN + 120) == []
+    assert m2.view["occ"] is None
+
+
+def test_paused_and_travel_skip_silently():
+    m = _machine()
+    m.set_mode("paused", MORGEN - 3600)
+    assert m.update(MORGEN - 10 * 60) == []
+    assert m.view["occ"] is None
+    assert m.update(MORGEN) == [("skipped", (MORGEN, "morgen"), "paused")]
+    ev = m.set_mode("normal", MORGEN + 60)
+    assert ev == [("mode", None, "normal")]
+    assert m.view["occ"] is None  # a skipped dose is not offered after the pause
+
+
+def test_assisted_is_silent_but_logs():
+    m = _machine()
+    m.set_mode("assisted", MORGEN - 3600)
+    m.update(MORGEN + 15 * 60)
+    assert m.view["occ"] == (MORGEN, "morgen") and m.view["level"] == 0
+    assert m.view["compartment"] == 1
+    ev = m.update(MORGEN + 45 * 60)
+    assert "notify" not in _kinds(ev)
+    assert m.taken(MORGEN + 50 * 60) == [("taken", (MORGEN, "morgen"), "button,assisted")]
+    ev = m.update(AFTEN + 120 * 60)
+    assert ev == [("skipped", (AFTEN, "aften"), "assisted")]
+
+
+def test_reminder_only_has_no_compartment():
+    extra = {"id": "drops", "time": "21:00", "reminder_only": True, "items": ["Xalatan"]}
+    m = _machine(extra=extra)
+    t = _utc(2026, 11, 23, 20)
+    m.update(t)
+    assert m.view["occ"] == (t, "drops") and m.view["compartment"] is None
+    assert m.taken(t + 60) == [("taken", (t, "drops"), "button")]
+    # the next dispensed dose is compartment 3: reminders use none
+    m.update(_utc(2026, 11, 24, 7))
+    assert m.view["compartment"] == 3
+
+
+def test_refill_warnings():
+    m = _machine()
+    seen = []
+    t = DAY1
+    while t < DAY1 + 15 * 86400:
+        for e in m.update(t):
+            if e[0] in ("refill", "empty"):
+                seen.append((e[0], e[2], civil.format_iso(t)))
+        if m.view["occ"] is not None:
+            m.taken(t)
+        t += 1800
+    # 28 compartments, 2 doses a day from 23 Nov: 4 left after the 24th dose (4 Dec evening)
+    assert [s[:2] for s in seen] == [("refill", 4), ("empty", 0)]
+    m.refilled(t)
+    assert m.doses_left(t) == 28
+
+
+def test_prn_allowed_and_refused():
+    m = _machine()
+    ok, at, ev = m.prn_request(MORGEN)
+    assert ok and at == MORGEN and ev == [("prn", None, "smerte:ok")]
+    ok, at, ev = m.prn_request(MORGEN + 3600)
+    assert not ok and at == MORGEN + 6 * 3600 and ev == [("prn", None, "smerte:no")]
+    ok, _, _ = m.prn_request(MORGEN + 6 * 3600)
+    assert ok
+    ok, at, _ = m.prn_request(MORGEN + 12 * 3600)  # two in 24 h already
+    assert not ok and at == MORGEN + 24 * 3600
+
+
+def test_next_wake_is_never_a_busy_poll():
+    m = _machine()
+    now = DAY1
+    wakes = 0
+    while now < DAY1 + 86400:
+        m.update(now)
+        nxt = m.next_wake(now)
+        assert nxt > now
+        now = nxt
+        wakes += 1
+    # per dose: open, due, 2 louder before notify at 30, notify, more louder..., lock
+    assert wakes < 40, wakes
+
+
+def test_dst_days_each_dose_once():
+    extra = {
+        "id": "nat",
+        "time": "02:30",
+        "early_min": 0,
+        "late_lock_min": 20,
+        "items": ["Zopiclon"],
+    }
+    for day in ((2027, 3, 28), (2027, 10, 31)):
+        start = _utc(*day) - 86400
+        m = doses.Doses(_doc(extra=extra, start="2027-01-01"), None, start)
+        got = []
+        now = start
+        while now < start + 3 * 86400:
+            m.update(now)
+            if m.view["phase"] == doses.DUE:
+                got.extend(e[1] for e in m.taken(now) if e[0] == "taken")
+            now = m.next_wake(now)
+        ids = [g[1] for g in got]
+        # three days, three doses a day, each taken exactly once, the DST day included
+        assert len(got) == 9 and len(set(got)) == 9, got
+        assert ids.count("nat") == 3, got
+
+
+def test_bad_mode_refused_and_state_round_trip():
+    m = _machine()
+    try:
+        m.set_mode("holiday", DAY1)
+    except ValueError as e:
+        assert "normal, assisted, paused, travel" in str(e)
+    else:
+        raise AssertionError("accepted a bad mode")
+    m.update(MORGEN)
+    m.taken(MORGEN)
+    import json
+
+    s = json.loads(json.dumps(m.state()))
+    m2 = doses.Doses(_doc(), s, None)
+    assert m2.state() == m.state()
