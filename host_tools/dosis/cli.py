@@ -18,6 +18,7 @@ from dosiscore import civil
 from dosiscore.schedule import ScheduleError
 
 from . import __version__, schedules
+from .cli_hardware import hardware
 from .errors import DosisError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 99}
@@ -145,6 +146,9 @@ def schedule_show(file: str, first_day: str | None, days: int, as_json: bool) ->
 
 def _count(c: float) -> str:
     return str(int(c)) if c == int(c) else ("½" if c == 0.5 else f"{int(c)}½")
+
+
+cli.add_command(hardware)
 
 
 def main() -> None:

@@ -215,3 +215,7 @@ def test_host_runs_the_firmware_code():
     import dosiscore.schedule
 
     assert Path(dosiscore.schedule.__file__).resolve().parent == ROOT / "firmware" / "dosiscore"
+
+
+def test_hardware_group_registered():
+    assert "hardware" in cli.commands and "schedule" in cli.commands

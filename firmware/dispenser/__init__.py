@@ -1,0 +1,1 @@
+"""Device side: drivers, boards and the asyncio app."""
