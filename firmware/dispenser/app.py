@@ -1,0 +1,360 @@
+"""The dispenser: one asyncio task per concern, wired to a board (real or simulated).
+
+Tasks: doses (the state machine, woken by the planner, never polling), carousel (moves, one at
+a time, journaled), alerts (light and tone), buttons (and the beam), display, health (mains,
+battery), supervisor (feeds the watchdog only while every critical task is alive).
+Every wait goes through the board's clock, so the simulator can run this same code faster than
+real time. Events (dose phases, faults, care-team notices) go to `emit(kind, occ, detail)`:
+the log and the links subscribe there.
+"""
+
+import asyncio
+import gc
+
+from dispenser import carousel as carousel_mod
+from dispenser.alerts import Alerts
+from dispenser.buttons import Buttons
+from dispenser.stepper import Stepper
+from dispenser.store import Journal
+from dosiscore import civil, doses, tz
+
+_HEARTBEAT_S = 60  # the doses task re-checks at least this often (and tells the supervisor)
+_PRN_SHOW_S = 15  # how long the answer to an as-needed request stays on the screen
+_HEALTH_S = 10
+_LOW_BATTERY_MV = 3500
+_BATTERY_OK_MV = 3700
+
+FAULT_KEYS = {
+    "E1": "jam",
+    "E2": "home",
+    "E3": "time",
+    "E4": "beam",
+    "E5": "battery",
+    "E6": "empty",
+    "E7": "button",
+}
+
+
+class App:
+    def __init__(self, board, doc, store, emit, lang=None, state=None):
+        self.board = board
+        self.clock = board.clock
+        self.store = store
+        self.emit_fn = emit
+        self.doc = doc
+        self.lang = lang or doc["language"]
+        self.zone = tz.Tz(doc["tz_rule"])
+        now = self.clock.now() if self.clock.valid() else None
+        saved = store.load("doses.json") if state is None else state
+        self.doses = doses.Doses(doc, saved, now)
+        self.alerts = Alerts(board.led, board.buzzer, self.clock)
+        self.buttons = Buttons(board.btn_taken, board.btn_service, self.clock, board.flag())
+        stepper = Stepper(board.coils, board.step_delay_ms)
+        self.carousel = carousel_mod.Carousel(
+            stepper, board.home, board.beam, Journal(store), compartments=doc["compartments"]
+        )
+        self.display = board.display
+        self.kick = asyncio.Event()  # wakes the doses task
+        self.move_wake = asyncio.Event()
+        self.alert_wake = asyncio.Event()
+        self.disp_wake = asyncio.Event()
+        self.want = None  # carousel target: ("open", k, occ) or ("closed", None, None)
+        self.faults = {}  # code -> detail, while active
+        self.prn_answer = None  # (allowed, at, until)
+        self.service = False
+        self.alive = {}  # task name -> clock ticks of its last check-in
+        self.dead = []  # names of tasks that ended with an exception
+        self.mains = None
+        self.battery_low = False
+        self.moves = 0
+        self.ready = False  # the carousel is calibrated
+
+    # -- events ----------------------------------------------------------------------------
+
+    def emit(self, kind, occ=None, detail=""):
+        self.emit_fn(kind, occ, detail)
+
+    def _events(self, events):
+        changed = False
+        for kind, occ, detail in events:
+            self.emit(kind, occ, detail)
+            changed = True
+            if kind == "empty":
+                self.fault("E6", "carousel empty")
+            elif kind == "filled":
+                self.clear_fault("E6")
+        if changed:
+            self.store.save("doses.json", self.doses.state())
+            self.disp_wake.set()
+
+    def fault(self, code, detail):
+        if code not in self.faults:
+            self.faults[code] = detail
+            self.emit("fault", None, "%s %s" % (code, detail))
+            self.disp_wake.set()
+
+    def clear_fault(self, code):
+        if code in self.faults:
+            del self.faults[code]
+            self.emit("fault_cleared", None, code)
+            self.disp_wake.set()
+
+    def check_in(self, name):
+        self.alive[name] = self.clock.ticks_ms()
+
+    # -- the doses task -----------------------------------------------------------------------
+
+    def _apply_view(self):
+        v = self.doses.view
+        occ = v["occ"]
+        phase = None
+        if occ is not None:
+            phase = "available" if v["phase"] == doses.AVAILABLE else "due"
+        self.alerts.set(phase, v["level"])
+        self.alert_wake.set()
+        k = v["compartment"]
+        if occ is not None and k is not None and self.ready and "E1" not in self.faults:
+            want = ("open", k, occ)
+        else:
+            want = ("closed", None, None)
+        if want != self.want:
+            self.want = want
+            self.move_wake.set()
+        self.disp_wake.set()
+
+    async def doses_task(self):
+        while True:
+            self.check_in("doses")
+            if not self.clock.valid():
+                # No trustworthy time: dispense nothing, say so, wait for a time source.
+                self.fault("E3", "time missing")
+                self.alerts.set(None, 0)
+                self.alert_wake.set()
+                await self.clock.wait(self.kick, _HEARTBEAT_S)
+                self.kick.clear()
+                continue
+            self.clear_fault("E3")
+            now = self.clock.now()
+            self._events(self.doses.update(now))
+            self._apply_view()
+            wake = self.doses.next_wake(now)
+            wait = min(max(1, wake - now), self.board.heartbeat_s)
+            if self.clock.changed.is_set():
+                self.clock.changed.clear()
+                continue
+            await self.clock.wait(self.kick, wait)
+            self.kick.clear()
+
+    def on_clock_change(self, old, new, source):
+        self.emit("clock", None, "%s %s %s" % (old, new, source))
+        self.kick.set()
+
+    # -- carousel ----------------------------------------------------------------------------
+
+    async def carousel_task(self):
+        self.check_in("carousel")
+        try:
+            rec = await self.carousel.recover()
+            if rec and rec.get("was") == "moving":
+                self.emit("recovered", None, "moving to %s" % rec.get("target"))
+            self.ready = True
+        except carousel_mod.CarouselFault as e:
+            self.fault(e.code, str(e))
+        self.kick.set()
+        while True:
+            self.check_in("carousel")
+            want = self.want
+            if want is not None and self.ready and "E1" not in self.faults:
+                try:
+                    await self._move(want)
+                except carousel_mod.CarouselFault as e:
+                    self.fault(e.code, str(e))
+                    self.emit("jam" if e.code == "E1" else "carousel_fault", None, e.code)
+            if want == self.want:
+                gc.collect()  # an idle point, never mid-move
+                await self.clock.wait(self.move_wake, None)
+                self.move_wake.clear()
+
+    async def _move(self, want):
+        kind, k, occ = want
+        key = doses.occ_key(occ[0], occ[1]) if occ else None
+        if kind == "open":
+            if self.carousel.at_compartment() == k:
+                return
+            await self.carousel.goto_compartment(k, key)
+            self.moves += 1
+            self.emit("opened", occ, "compartment %d" % k)
+        else:
+            if self.carousel.is_closed():
+                return
+            await self.carousel.close(key)
+            self.moves += 1
+            self.emit("closed", None, "")
+
+    # -- alerts, buttons, display, health, supervisor ----------------------------------------
+
+    async def alerts_task(self):
+        while True:
+            self.check_in("alerts")
+            await self.alerts.cycle(self.alert_wake)
+
+    async def buttons_task(self):
+        while True:
+            self.check_in("buttons")
+            press = await self.buttons.next_press()
+            if not self.clock.valid():
+                self.emit("press", None, press + " ignored: time missing")
+                continue
+            now = self.clock.now()
+            if press == "taken":
+                ev = self.doses.taken(now, "button")
+                if not ev:
+                    self.emit("press", None, "taken: nothing due")
+                self._events(ev)
+                self._apply_view()
+            elif press == "prn":
+                allowed, at, ev = self.doses.prn_request(now)
+                self._events(ev)
+                self.prn_answer = (allowed, at, now + _PRN_SHOW_S)
+                self.disp_wake.set()
+            elif press == "service":
+                self.service = not self.service
+                self.emit("service", None, "on" if self.service else "off")
+                self.disp_wake.set()
+            elif press == "stuck":
+                self.fault("E7", "button held down")
+            self.kick.set()
+
+    def beam_broken(self):
+        """The IR beam saw a hand or pills at the opening: confirms the open dose."""
+        if self.clock.valid() and self.want and self.want[0] == "open":
+            self._events(self.doses.taken(self.clock.now(), "beam"))
+            self._apply_view()
+
+    def _hhmm(self, utc):
+        wall = self.zone.local(utc)
+        return civil.format_hhmm((wall % civil.DAY) // 60)
+
+    def screen(self):
+        """(screen name, data) for what the citizen should see now; formatted here."""
+        if self.service:
+            return "service", {"text": self.board.name}
+        for code in ("E1", "E2", "E4", "E7"):
+            if code in self.faults:
+                return "fault", {"code": code, "key": FAULT_KEYS.get(code, "fault")}
+        if not self.clock.valid():
+            return "time_missing", {}
+        now = self.clock.now()
+        v = self.doses.view
+        occ = v["occ"]
+        if occ is not None:
+            d = self.doses.dose(occ[1])
+            if d["reminder_only"]:
+                return "reminder", {"name": d["items"][0]["name"], "time": self._hhmm(occ[0])}
+            if v["phase"] == doses.AVAILABLE:
+                return "available", {
+                    "compartment": v["compartment"],
+                    "dose": occ[1],
+                    "time": self._hhmm(occ[0]),
+                }
+            return "due", {
+                "compartment": v["compartment"],
+                "time": self._hhmm(occ[0]),
+                "late": now >= occ[0] + 60 * d["notify_min"],
+            }
+        if self.prn_answer is not None and now < self.prn_answer[2]:
+            allowed, at, _ = self.prn_answer
+            rule = self.doc["prn"][0]["name"] if self.doc["prn"] else ""
+            return "prn", {
+                "allowed": allowed,
+                "name": rule,
+                "next": None if allowed or at is None else self._hhmm(at),
+            }
+        if "E6" in self.faults:
+            return "refill", {"left": 0}
+        left = self.doses.doses_left(now)
+        if left is not None and left <= doses.REFILL_WARN:
+            return "refill", {"left": left}
+        if self.doses.mode in ("paused", "travel"):
+            return "paused", {"until": None}
+        wall = self.zone.local(now)
+        z = wall // civil.DAY
+        y, m, d = civil.civil_from_days(z)
+        nxt = self.doses.next_wake(now)
+        from dosiscore import planner
+
+        nd = planner.next_due(self.doses.plan, now)
+        return "idle", {
+            "clock": civil.format_hhmm((wall % civil.DAY) // 60),
+            "date": "%d/%d" % (d, m),
+            "weekday": civil.weekday(z),
+            "next": self._hhmm(nd[0]) if nd else None,
+            "wake": nxt,
+        }
+
+    async def display_task(self):
+        while True:
+            self.check_in("display")
+            name, data = self.screen()
+            data.pop("wake", None)
+            if self.display is not None:
+                self.display.show(name, data, self.lang)
+            self.last_screen = (name, data)
+            # Redraw at the next minute (the clock) or when something changes.
+            wait = 60
+            if self.clock.valid():
+                wait = 60 - self.clock.now() % 60
+            await self.clock.wait(self.disp_wake, wait)
+            self.disp_wake.clear()
+
+    async def health_task(self):
+        while True:
+            self.check_in("health")
+            mains = self.board.mains.value()
+            if mains != self.mains:
+                if self.mains is not None:
+                    self.emit("mains", None, "restored" if mains else "lost")
+                self.mains = mains
+            mv = self.board.battery_mv()
+            if not self.battery_low and mv < _LOW_BATTERY_MV and not mains:
+                self.battery_low = True
+                self.fault("E5", "battery low %d mV" % mv)
+            elif self.battery_low and (mv > _BATTERY_OK_MV or mains):
+                self.battery_low = False
+                self.clear_fault("E5")
+            await self.clock.sleep(_HEALTH_S)
+
+    async def supervisor_task(self, wdt):
+        names = ("doses", "carousel", "alerts", "buttons", "display", "health")
+        while True:
+            if not self.dead:
+                wdt.feed()
+            await self.clock.sleep(2)
+            if self.dead:
+                self.emit("fault", None, "task died: %s" % ",".join(self.dead))
+            _ = names
+
+    async def _guard(self, name, coro):
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a task boundary: turn it into a fault, stop feeding the dog
+            self.dead.append(name)
+            self.emit("fault", None, "%s crashed: %s %s" % (name, type(e).__name__, e))
+
+    def start(self):
+        """Create the tasks; returns them (the caller owns the loop)."""
+        wdt = self.board.watchdog(8000)
+        tasks = []
+        for name, coro in (
+            ("doses", self.doses_task()),
+            ("carousel", self.carousel_task()),
+            ("alerts", self.alerts_task()),
+            ("buttons", self.buttons_task()),
+            ("display", self.display_task()),
+            ("health", self.health_task()),
+            ("supervisor", self.supervisor_task(wdt)),
+        ):
+            tasks.append(asyncio.create_task(self._guard(name, coro)))
+        return tasks

@@ -1,0 +1,188 @@
+"""The device's sense of time: UTC seconds over a monotonic tick, and every wait of the app.
+
+All blocking waits of the app go through `Clock.wait(event, seconds)` or `Clock.sleep`, so the
+simulated board can run the same firmware on a faster-than-real-time clock (`SimClock`) and
+even skip idle time entirely (`warp`): when every task of the app is waiting, virtual time jumps
+to the earliest deadline. The device's `Clock` simply waits in real time.
+
+UTC is kept as (base UTC, base tick): immune to tick wrap-around (re-based at least daily) and
+stepped only through `set`, which wakes every waiter (`changed`) so the dose task re-plans.
+"""
+
+import asyncio
+import time
+
+_DAY_MS = 86400000
+
+
+class Clock:
+    """Real-time clock: UTC seconds, or invalid (None) until a source has set it."""
+
+    def __init__(self, utc=None, source="none"):
+        self._t0 = self.ticks_ms()
+        self._utc0 = utc  # UTC seconds at tick _t0; None while the time is unknown
+        self._ms0 = 0  # milliseconds into that second
+        self.source = source
+        self.changed = asyncio.Event()
+        self.steps = 0
+
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def _elapsed_ms(self):
+        return time.ticks_diff(self.ticks_ms(), self._t0)
+
+    def _rebase(self):
+        d = self._elapsed_ms()
+        if d > _DAY_MS and self._utc0 is not None:
+            # ticks_diff is only meaningful within half the tick period: move the base on.
+            s = (d + self._ms0) // 1000
+            self._utc0 += s
+            self._ms0 = d + self._ms0 - s * 1000
+            self._t0 = time.ticks_add(self._t0, d)
+
+    def valid(self):
+        return self._utc0 is not None
+
+    def now(self):
+        """UTC Unix seconds (int). Only meaningful when valid()."""
+        if self._utc0 is None:
+            return 0
+        self._rebase()
+        return self._utc0 + (self._elapsed_ms() + self._ms0) // 1000
+
+    def set(self, utc, source):
+        """Step the clock to `utc`; returns (old, new) for the log. Wakes every waiter."""
+        old = self.now() if self._utc0 is not None else None
+        self._t0 = self.ticks_ms()
+        self._utc0 = int(utc)
+        self._ms0 = 0
+        self.source = source
+        self.steps += 1
+        self.changed.set()
+        return old, int(utc)
+
+    def invalidate(self):
+        self._utc0 = None
+        self.source = "none"
+        self.changed.set()
+
+    async def wait(self, event, seconds=None):
+        """Wait for `event` or `seconds` (None: no limit). True if the event fired."""
+        if seconds is None:
+            await event.wait()
+            return True
+        ms = int(seconds * 1000)
+        if ms <= 0:
+            return event.is_set()
+        try:
+            await asyncio.wait_for_ms(event.wait(), ms)  # type: ignore[attr-defined]
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def sleep(self, seconds):
+        await asyncio.sleep_ms(int(seconds * 1000))  # type: ignore[attr-defined]
+
+
+class _Waiter:
+    def __init__(self, deadline, event):
+        self.deadline = deadline  # virtual ms, or None
+        self.event = event  # the caller's event
+        self.wake = asyncio.Event()  # private: set by the warp driver, never seen by the caller
+        self.fired = False
+
+
+class SimClock(Clock):
+    """A virtual clock for the simulated board.
+
+    speed > 0: virtual time runs `speed` times faster than real time (real sleeps, scaled).
+    speed == 0 ("warp"): virtual time stands still while any registered task is busy and
+    jumps to the earliest deadline once all of them wait: a simulated month runs in seconds,
+    deterministically. Tasks that wait through this clock must be counted with `register()`.
+    """
+
+    def __init__(self, utc=None, speed=0, source="sim"):
+        self.speed = speed
+        self._vms = 0  # virtual milliseconds since start (warp mode)
+        self._real0 = time.ticks_ms()
+        self._waiters = []
+        self._tasks = 0
+        self.running = True
+        super().__init__(utc, source)
+
+    def ticks_ms(self):
+        if self.speed == 0:
+            return self._vms
+        return int(time.ticks_diff(time.ticks_ms(), self._real0) * self.speed)
+
+    def _elapsed_ms(self):
+        return self.ticks_ms() - self._t0  # type: ignore  # virtual ticks: plain ints, no wrap
+
+    def _rebase(self):
+        pass
+
+    def register(self, n=1):
+        self._tasks += n
+
+    def advance(self, seconds):
+        """Move virtual time on by `seconds` (warp mode), firing due deadlines."""
+        self._vms += int(seconds * 1000)
+        self._fire_due()
+
+    def _fire_due(self):
+        for w in self._waiters:
+            if w.deadline is not None and w.deadline <= self._vms and not w.fired:
+                w.fired = True
+                w.wake.set()
+
+    def _poke(self):
+        """Wake waiters whose event was set; return how many waiters are really idle."""
+        idle = 0
+        for w in self._waiters:
+            if w.event.is_set():
+                w.wake.set()
+            elif not w.wake.is_set():
+                idle += 1
+        return idle
+
+    async def wait(self, event, seconds=None):
+        if self.speed != 0:
+            if seconds is not None:
+                seconds = seconds / self.speed
+            return await Clock.wait(self, event, seconds)
+        if event.is_set():
+            return True
+        deadline = None if seconds is None else self._vms + max(0, int(seconds * 1000))
+        w = _Waiter(deadline, event)
+        self._waiters.append(w)
+        try:
+            await w.wake.wait()
+        finally:
+            self._waiters.remove(w)
+        return event.is_set()
+
+    async def sleep(self, seconds):
+        await self.wait(asyncio.Event(), seconds)
+
+    async def run_warp(self, until_ms=None, idle_yields=4):
+        """The warp driver (a task): advance virtual time whenever every task waits."""
+        while self.running:
+            idle = 0
+            while idle < idle_yields:
+                await asyncio.sleep_ms(0)  # type: ignore[attr-defined]
+                busy = self._tasks - self._poke()
+                idle = idle + 1 if busy <= 0 else 0
+            nxt = None
+            for w in self._waiters:
+                if w.deadline is not None and not w.fired and (nxt is None or w.deadline < nxt):
+                    nxt = w.deadline
+            if self._tasks - self._poke() > 0:
+                continue  # someone was woken meanwhile: let it run first
+            if nxt is None or (until_ms is not None and nxt > until_ms):
+                if until_ms is not None:
+                    self._vms = max(self._vms, until_ms)
+                self.running = False
+                return
+            self._vms = max(self._vms, nxt)
+            self._fire_due()

@@ -1,0 +1,209 @@
+"""A simulated board with the same attributes as the ESP32 board (see docs/firmware.md).
+
+Motor, home sensor and beam come from `dispenser.simhw`; the buzzer, the light and the motor
+are recorded with virtual timestamps; the display is the real SSD1306 driver on a bus that
+keeps the last frame; the DS3231 is emulated on the same bus; buttons and mains are
+injectable. Files live under `state_dir`, so a "power cut" (a new process on the same
+directory) keeps exactly what the firmware had written.
+"""
+
+import asyncio
+import json
+
+from dispenser import simhw
+from dispenser.clock import SimClock
+from dispenser.ds3231 import ADDR as RTC_ADDR
+from dispenser.ds3231 import FakeDS3231
+
+
+class RecPin(simhw.SimPin):
+    """An output pin that records changes as (virtual ms, value)."""
+
+    def __init__(self, clock, log):
+        super().__init__(0)
+        self.clock = clock
+        self.log = log
+
+    def value(self, v=None):
+        if v is None:
+            return super().value()
+        if v != super().value():
+            self.log.append((self.clock.ticks_ms(), v))
+        return super().value(v)
+
+
+class RecPWM:
+    def __init__(self, clock):
+        self.clock = clock
+        self.hz = 0
+        self.duty = 0
+        self.log = []  # (virtual ms, freq, duty) at each change of duty
+
+    def freq(self, hz=None):
+        if hz is None:
+            return self.hz
+        self.hz = hz
+
+    def duty_u16(self, d=None):
+        if d is None:
+            return self.duty
+        if d != self.duty:
+            self.log.append((self.clock.ticks_ms(), self.hz, d))
+        self.duty = d
+
+
+class SimI2C:
+    """Routes the display (0x3C: frames kept) and the RTC (0x68: emulated registers)."""
+
+    def __init__(self, rtc):
+        self.rtc = rtc
+        self.frames = 0
+
+    def scan(self):
+        return [0x3C, RTC_ADDR]
+
+    def writeto(self, addr, buf, stop=True):
+        self.frames += addr == 0x3C
+        return len(buf)
+
+    def writevto(self, addr, bufs, stop=True):
+        self.frames += addr == 0x3C
+        return sum(len(b) for b in bufs)
+
+    def readfrom_mem_into(self, addr, reg, buf):
+        if addr != RTC_ADDR:
+            raise OSError(19)  # ENODEV, as a real bus says for an absent device
+        self.rtc.readfrom_mem_into(reg, buf)
+
+    def writeto_mem(self, addr, reg, buf):
+        if addr == RTC_ADDR:
+            self.rtc.writeto_mem(reg, buf)
+        elif addr != 0x3C:
+            raise OSError(19)
+
+
+class SimWDT:
+    def __init__(self, clock, timeout_ms):
+        self.clock = clock
+        self.timeout_ms = timeout_ms
+        self.last = clock.ticks_ms()
+        self.longest = 0  # the longest gap between feeds, in virtual ms
+
+    def feed(self):
+        now = self.clock.ticks_ms()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+
+
+class PowerCut(BaseException):
+    """Raised from a coil write to stop the whole firmware at once, like losing power."""
+
+
+class _CutWatch:
+    """Wraps coil IN1 to count half-steps (IN1 is written once per half-step)."""
+
+    def __init__(self, pin, board):
+        self.pin = pin
+        self.board = board
+        self.left = -1
+        self.on_cut = None
+
+    def arm(self, n, on_cut):
+        self.left = n
+        self.on_cut = on_cut
+
+    def value(self, v=None):
+        if v is not None and self.left > 0:
+            self.left -= 1
+            if self.left == 0:
+                self.pin.value(v)
+                if self.on_cut is not None:
+                    self.on_cut()
+                self.board.save_world()
+                raise PowerCut()
+        return self.pin.value(v)
+
+
+class SimBoard:
+    name = "sim"
+    step_delay_ms = 0
+
+    def __init__(self, state_dir, utc=None, speed=0, rtc_lost=False, heartbeat_s=600):
+        self.state_dir = state_dir
+        self.clock = SimClock(None, speed)
+        self.heartbeat_s = heartbeat_s
+        self._utc0 = utc
+        self.rtc = FakeDS3231(self._rtc_now, lost=rtc_lost or utc is None)
+        self.i2c = SimI2C(self.rtc)
+        self.motor = simhw.SimMotor()
+        saved = self._load_motor()
+        if saved is not None:
+            self.motor.restore(saved)  # the physical rotor stays where the cut left it
+        self._cut = _CutWatch(self.motor.coils[0], self)
+        self.coils = (self._cut,) + tuple(self.motor.coils[1:])
+        self.home = self.motor.home
+        self.beam = self.motor.beam
+        self.btn_taken = simhw.SimPin(1)
+        self.btn_service = simhw.SimPin(1)
+        self.light_log = []
+        self.led = RecPin(self.clock, self.light_log)
+        self.buzzer = RecPWM(self.clock)
+        self.mains = simhw.SimPin(1)
+        self.battery_level_mv = 4100
+        self.wdt = None
+        self.display = None
+        try:
+            from dispenser.screens import Display
+            from dispenser.ssd1306 import SSD1306
+
+            self.display = Display(SSD1306(self.i2c))
+        except ImportError:  # CPython has no framebuf: run without a screen
+            self.display = None
+
+    def _motor_file(self):
+        return self.state_dir + "/sim-motor.json"
+
+    def _load_motor(self):
+        try:
+            with open(self._motor_file()) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def save_world(self):
+        """Keep the physical state (the rotor) for the next process: not the firmware's data."""
+        with open(self._motor_file(), "w") as f:
+            json.dump(self.motor.state(), f)
+
+    def cut_after_steps(self, n, on_cut):
+        """Arm a power cut `n` half-steps into the motor's future."""
+        self._cut.arm(n, on_cut)
+
+    def _rtc_now(self):
+        # The emulated RTC follows the virtual clock's timeline (start UTC + virtual time).
+        return (self._utc0 or 0) + self.clock.ticks_ms() // 1000
+
+    def battery_mv(self):
+        return self.battery_level_mv
+
+    def flag(self):
+        return asyncio.Event()
+
+    def watchdog(self, timeout_ms):
+        self.wdt = SimWDT(self.clock, timeout_ms)
+        return self.wdt
+
+    def path(self, name):
+        return self.state_dir + "/" + name
+
+    # -- injections -----------------------------------------------------------------------
+
+    def press(self, pin, held_s):
+        """Press a button for `held_s` virtual seconds (a task)."""
+
+        async def _press():
+            pin.value(0)  # the simulated pin calls the IRQ handler on the edge
+            await self.clock.sleep(held_s)
+            pin.value(1)
+
+        return _press()

@@ -1,0 +1,203 @@
+"""Scenario runner: the firmware on the simulated board, driven by a script, on a warp clock.
+
+    micropython -m sim.scenario SCRIPT STATE_DIR
+
+Script lines (times are local, in the schedule's zone; "+Nd HH:MM" counts days from start):
+    schedule FILE.json        the normalised schedule (as `dosis` stores it on a device)
+    start YYYY-MM-DD HH:MM    when this run (boot) begins
+    end YYYY-MM-DD HH:MM      when it ends (a clean stop: nothing is lost)
+    fill                      the nurse filled the carousel at start
+    rtc lost                  the RTC lost its time before this boot
+    TIME press | hold | service | beam
+    TIME jam | unjam | mains off | mains on | battery MV
+    TIME clock +3h | clock -90m | clock YYYY-MM-DD HH:MM      (a clock step, as from a source)
+    TIME mode normal|assisted|paused|travel
+    TIME cut                  power cut: stop at once, nothing more is written
+    TIME cut-move             power cut in the middle of the next carousel move
+Output: one line per event: "EV local-time kind occurrence-id detail"; at the end "HW" lines
+with totals (beeps, moves, steps) and "END".
+"""
+
+import asyncio
+import json
+import sys
+
+from dispenser import runtime
+from dispenser.store import Store
+from dosiscore import civil, tz
+from sim.board import PowerCut, SimBoard
+
+
+class ScriptError(ValueError):
+    pass
+
+
+def _parse_when(text, start_day, zone):
+    """Local "YYYY-MM-DD HH:MM", "+Nd HH:MM" or "HH:MM" (on the start day) -> UTC."""
+    parts = text.split()
+    if len(parts) == 2 and parts[0].startswith("+") and parts[0].endswith("d"):
+        z = start_day + int(parts[0][1:-1])
+        hm = parts[1]
+    elif len(parts) == 2:
+        z = civil.parse_date(parts[0])
+        hm = parts[1]
+    else:
+        z, hm = start_day, parts[0]
+    m = civil.parse_hhmm(hm)
+    if z is None or m is None:
+        raise ScriptError("bad time: %r" % text)
+    return zone.utc(z * civil.DAY + m * 60)
+
+
+def parse(lines):
+    head = {}  # schedule, start, end: text; fill, rtc lost: "yes"
+    acts = []
+    for raw in lines:
+        line = raw.split("#")[0].strip()
+        if not line:
+            continue
+        w = line.split()
+        if w[0] in ("schedule", "start", "end"):
+            head[w[0]] = " ".join(w[1:])
+        elif w[0] == "fill":
+            head["fill"] = "yes"
+        elif line == "rtc lost":
+            head["rtc_lost"] = "yes"
+        else:
+            acts.append(line)
+    for k in ("schedule", "start", "end"):
+        if k not in head:
+            raise ScriptError("missing '%s' line" % k)
+    return head, acts
+
+
+def _split_action(line):
+    # The time is "HH:MM", "+Nd HH:MM" or "YYYY-MM-DD HH:MM"; the rest is the action.
+    w = line.split()
+    if w[0].startswith("+") or (len(w[0]) == 10 and w[0][4] == "-"):
+        return w[0] + " " + w[1], w[2:]
+    return w[0], w[1:]
+
+
+def run(script_path, state_dir):
+    with open(script_path) as f:
+        head, acts = parse(f.readlines())
+    with open(head["schedule"]) as f:
+        doc = json.load(f)
+    zone = tz.Tz(doc["tz_rule"])
+    sp = head["start"].split()
+    start_day = civil.parse_date(sp[0])
+    if start_day is None:
+        raise ScriptError("bad start date")
+    start = _parse_when(head["start"], start_day, zone)
+    end = _parse_when(head["end"], start_day, zone)
+    store = Store(state_dir)
+    if store.load(runtime.SCHEDULE) is None:
+        store.save(runtime.SCHEDULE, doc)
+    board = SimBoard(state_dir, start, rtc_lost="rtc_lost" in head)
+    clock = board.clock
+
+    def emit(kind, occ, detail):
+        t = clock.now() if clock.valid() else None
+        when = civil.format_iso(t, zone.offset(t)) if t is not None else "--"
+        oid = occ[1] if occ else "-"
+        print("EV", when, kind, oid, detail)
+
+    timeline = []
+    for a in acts:
+        when, what = _split_action(a)
+        timeline.append((_parse_when(when, start_day, zone), what))
+    timeline.sort(key=lambda x: x[0])
+
+    async def main():
+        app = runtime.start(board, store, emit)
+        if app is not None and "fill" in head:
+            app._events(app.doses.refilled(start))
+        clock.register(8 if app is not None else 1)  # the app's tasks + this driver
+        warp = asyncio.create_task(clock.run_warp())
+        cut = False
+        for t, what in timeline:
+            await clock.sleep(max(0, t - _now()))
+            if not await _act(app, board, what, emit):
+                cut = True
+                break
+        if not cut:
+            await clock.sleep(max(0, end - _now()))
+            print(
+                "HW beeps=%d moves=%d steps=%d frames=%d"
+                % (
+                    app.alerts.beeps if app else 0,
+                    app.moves if app else 0,
+                    board.motor.steps,
+                    board.i2c.frames,
+                )
+            )
+        clock.running = False
+        warp.cancel()
+        print("END cut" if cut else "END")
+
+    def _now():
+        return clock.now() if clock.valid() else start + clock.ticks_ms() // 1000
+
+    try:
+        asyncio.run(main())
+    except PowerCut:
+        print("END cut")
+        return
+    board.save_world()
+
+
+async def _act(app, board, what, emit):
+    """Apply one scripted action; False means: power cut, stop now."""
+    clock = board.clock
+    verb = what[0]
+    arg = what[1] if len(what) > 1 else ""
+    if verb == "press":
+        await board.press(board.btn_taken, 0.3)
+    elif verb == "hold":
+        await board.press(board.btn_taken, 3)
+    elif verb == "service":
+        await board.press(board.btn_service, 0.3)
+    elif verb == "beam" and app is not None:
+        board.motor.break_beam(True)
+        app.beam_broken()
+        board.motor.break_beam(False)
+    elif verb == "jam":
+        board.motor.jam()
+    elif verb == "unjam":
+        board.motor.unjam()
+    elif verb == "mains":
+        board.mains.value(1 if arg == "on" else 0)
+    elif verb == "battery":
+        board.battery_level_mv = int(arg)
+    elif verb == "mode" and app is not None:
+        app._events(app.doses.set_mode(arg, clock.now()))
+        app._apply_view()
+    elif verb == "clock":
+        now = clock.now()
+        if arg[0] in "+-":
+            n, unit = int(arg[1:-1]), arg[-1]
+            step = n * {"h": 3600, "m": 60, "d": 86400}[unit]
+            new = now + step if arg[0] == "+" else now - step
+        else:
+            raise ScriptError("clock takes +Nh, -Nm, +Nd")
+        old, new = clock.set(new, "test")
+        if app is not None:
+            app.on_clock_change(old, new, "test")
+    elif verb == "cut":
+        emit("cut", None, "")
+        board.save_world()
+        return False
+    elif verb == "cut-move":
+        # A quarter turn into the next move: the journal says "moving", the rotor is between.
+        board.cut_after_steps(1000, lambda: emit("cut", None, "mid-move"))
+    else:
+        raise ScriptError("unknown action: %s" % " ".join(what))
+    return True
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        print("usage: micropython -m sim.scenario SCRIPT STATE_DIR")
+        sys.exit(2)
+    run(sys.argv[1], sys.argv[2])
