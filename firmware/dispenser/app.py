@@ -16,10 +16,11 @@ from dispenser.alerts import Alerts
 from dispenser.buttons import Buttons
 from dispenser.stepper import Stepper
 from dispenser.store import Journal
-from dosiscore import civil, doses, tz
+from dosiscore import civil, doses, planner, tz
 
-_HEARTBEAT_S = 60  # the doses task re-checks at least this often (and tells the supervisor)
+_IRQ_RISING = 1  # machine.Pin.IRQ_RISING on the ESP32 (and on the simulated pins)
 _PRN_SHOW_S = 15  # how long the answer to an as-needed request stays on the screen
+_SAVE_SEEN_S = 900  # at most 4 state writes an hour while nothing happens
 _HEALTH_S = 10
 _LOW_BATTERY_MV = 3500
 _BATTERY_OK_MV = 3700
@@ -68,6 +69,13 @@ class App:
         self.battery_low = False
         self.moves = 0
         self.ready = False  # the carousel is calibrated
+        self.moving = False
+        self._saved_at = 0
+        self.beam_flag = board.flag()
+        try:
+            board.beam.irq(handler=self._beam_isr, trigger=_IRQ_RISING)
+        except AttributeError:
+            pass
 
     # -- events ----------------------------------------------------------------------------
 
@@ -85,6 +93,7 @@ class App:
                 self.clear_fault("E6")
         if changed:
             self.store.save("doses.json", self.doses.state())
+            self._saved_at = self.doses.last_seen or 0
             self.disp_wake.set()
 
     def fault(self, code, detail):
@@ -98,6 +107,10 @@ class App:
             del self.faults[code]
             self.emit("fault_cleared", None, code)
             self.disp_wake.set()
+
+    def blocked(self):
+        """True while a carousel fault forbids any motion (no retry that grinds the gears)."""
+        return "E1" in self.faults or "E2" in self.faults or "E4" in self.faults
 
     def check_in(self, name):
         self.alive[name] = self.clock.ticks_ms()
@@ -113,7 +126,7 @@ class App:
         self.alerts.set(phase, v["level"])
         self.alert_wake.set()
         k = v["compartment"]
-        if occ is not None and k is not None and self.ready and "E1" not in self.faults:
+        if occ is not None and k is not None and self.ready and not self.blocked():
             want = ("open", k, occ)
         else:
             want = ("closed", None, None)
@@ -130,12 +143,17 @@ class App:
                 self.fault("E3", "time missing")
                 self.alerts.set(None, 0)
                 self.alert_wake.set()
-                await self.clock.wait(self.kick, _HEARTBEAT_S)
+                await self.clock.wait(self.kick, self.board.heartbeat_s)
                 self.kick.clear()
                 continue
             self.clear_fault("E3")
             now = self.clock.now()
             self._events(self.doses.update(now))
+            if now - self._saved_at > _SAVE_SEEN_S or now < self._saved_at:
+                # Keep "last seen" fresh on flash, so a later boot can tell a dose missed
+                # while the device was off ("unseen") from one it showed ("late").
+                self.store.save("doses.json", self.doses.state())
+                self._saved_at = now
             self._apply_view()
             wake = self.doses.next_wake(now)
             wait = min(max(1, wake - now), self.board.heartbeat_s)
@@ -164,7 +182,7 @@ class App:
         while True:
             self.check_in("carousel")
             want = self.want
-            if want is not None and self.ready and "E1" not in self.faults:
+            if want is not None and self.ready and not self.blocked():
                 try:
                     await self._move(want)
                 except carousel_mod.CarouselFault as e:
@@ -178,18 +196,25 @@ class App:
     async def _move(self, want):
         kind, k, occ = want
         key = doses.occ_key(occ[0], occ[1]) if occ else None
-        if kind == "open":
-            if self.carousel.at_compartment() == k:
-                return
-            await self.carousel.goto_compartment(k, key)
-            self.moves += 1
-            self.emit("opened", occ, "compartment %d" % k)
-        else:
-            if self.carousel.is_closed():
-                return
-            await self.carousel.close(key)
-            self.moves += 1
-            self.emit("closed", None, "")
+        self.moving = True
+        try:
+            if kind == "open":
+                if self.carousel.at_compartment() == k:
+                    return
+                # A filled compartment must break the beam when it reaches the opening: if it
+                # does not, the carousel did not get there (jam, slip) or it is empty.
+                verify = self.board.beam_verify and self.doses.fill is not None
+                await self.carousel.goto_compartment(k, key, verify)
+                self.moves += 1
+                self.emit("opened", occ, "compartment %d" % k)
+            else:
+                if self.carousel.is_closed():
+                    return
+                await self.carousel.close(key)
+                self.moves += 1
+                self.emit("closed", None, "")
+        finally:
+            self.moving = False
 
     # -- alerts, buttons, display, health, supervisor ----------------------------------------
 
@@ -225,11 +250,27 @@ class App:
                 self.fault("E7", "button held down")
             self.kick.set()
 
-    def beam_broken(self):
-        """The IR beam saw a hand or pills at the opening: confirms the open dose."""
-        if self.clock.valid() and self.want and self.want[0] == "open":
-            self._events(self.doses.taken(self.clock.now(), "beam"))
-            self._apply_view()
+    def _beam_isr(self, _pin):
+        self.beam_flag.set()  # interrupt context: a flag and nothing else
+
+    async def beam_task(self):
+        """The beam clears at an open compartment: the pills were taken out."""
+        while True:
+            self.check_in("beam")
+            await self.clock.wait(self.beam_flag, None)
+            if hasattr(self.beam_flag, "clear"):
+                self.beam_flag.clear()
+            want = self.want
+            if (
+                not self.moving
+                and want is not None
+                and want[0] == "open"
+                and self.carousel.at_compartment() == want[1]
+                and self.board.beam.value() == 1
+                and self.clock.valid()
+            ):
+                self._events(self.doses.taken(self.clock.now(), "beam"))
+                self._apply_view()
 
     def _hhmm(self, utc):
         wall = self.zone.local(utc)
@@ -251,6 +292,8 @@ class App:
             d = self.doses.dose(occ[1])
             if d["reminder_only"]:
                 return "reminder", {"name": d["items"][0]["name"], "time": self._hhmm(occ[0])}
+            if v["compartment"] is None:
+                return "refill", {"left": 0}  # due, but nothing to dispense it from
             if v["phase"] == doses.AVAILABLE:
                 return "available", {
                     "compartment": v["compartment"],
@@ -280,25 +323,24 @@ class App:
         wall = self.zone.local(now)
         z = wall // civil.DAY
         y, m, d = civil.civil_from_days(z)
-        nxt = self.doses.next_wake(now)
-        from dosiscore import planner
-
         nd = planner.next_due(self.doses.plan, now)
         return "idle", {
             "clock": civil.format_hhmm((wall % civil.DAY) // 60),
             "date": "%d/%d" % (d, m),
             "weekday": civil.weekday(z),
             "next": self._hhmm(nd[0]) if nd else None,
-            "wake": nxt,
         }
 
     async def display_task(self):
         while True:
             self.check_in("display")
             name, data = self.screen()
-            data.pop("wake", None)
             if self.display is not None:
-                self.display.show(name, data, self.lang)
+                try:
+                    self.display.show(name, data, self.lang)
+                    self.clear_fault("E8")
+                except OSError as e:  # the panel or its bus: show nothing, keep reminding
+                    self.fault("E8", "display %s" % e)
             self.last_screen = (name, data)
             # Redraw at the next minute (the clock) or when something changes.
             wait = 60
@@ -325,14 +367,20 @@ class App:
             await self.clock.sleep(_HEALTH_S)
 
     async def supervisor_task(self, wdt):
-        names = ("doses", "carousel", "alerts", "buttons", "display", "health")
+        """Feed the watchdog only while every task lives and the dose task keeps checking
+        in: a crashed task or a stalled loop ends in a reset, never a silent device."""
+        told = False
+        limit = (self.board.heartbeat_s + 30) * 1000
         while True:
-            if not self.dead:
+            last = self.alive.get("doses")
+            late = last is not None and self.clock.ticks_ms() - last > limit
+            if not self.dead and not late:
                 wdt.feed()
+            elif not told:
+                told = True
+                why = ",".join(self.dead) if self.dead else "doses task silent"
+                self.emit("fault", None, "watchdog will reset: %s" % why)
             await self.clock.sleep(2)
-            if self.dead:
-                self.emit("fault", None, "task died: %s" % ",".join(self.dead))
-            _ = names
 
     async def _guard(self, name, coro):
         try:
@@ -352,6 +400,7 @@ class App:
             ("carousel", self.carousel_task()),
             ("alerts", self.alerts_task()),
             ("buttons", self.buttons_task()),
+            ("beam", self.beam_task()),
             ("display", self.display_task()),
             ("health", self.health_task()),
             ("supervisor", self.supervisor_task(wdt)),

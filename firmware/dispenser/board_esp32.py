@@ -37,6 +37,7 @@ class Board:
 
     name = "esp32"
     step_delay_ms = 2  # between half-steps: the 28BYJ-48 stalls much faster than this
+    beam_verify = True  # filled compartments break the beam at the opening
     heartbeat_s = 60  # the doses task re-plans (and checks in) at least this often
 
     def __init__(self, clock=None):

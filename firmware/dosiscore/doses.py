@@ -112,9 +112,10 @@ class Doses:
         """Filled compartments not yet reached, or None if no fill is recorded."""
         if self.fill is None:
             return None
-        used = 0
-        for _, i in planner.occurrences(self.plan, self.fill, now):
-            if not self.by_id[i]["reminder_only"]:
+        used = 0  # compartments whose dose has opened (its early window began) by now
+        for t, i in planner.occurrences(self.plan, self.fill, now + self.max_early + 1):
+            d = self.by_id[i]
+            if not d["reminder_only"] and t - d["early_min"] * 60 <= now:
                 used += 1
         return max(0, self.doc["compartments"] - used)
 
@@ -156,13 +157,15 @@ class Doses:
     def update(self, now):
         """Advance to `now`; return the events this produced, and refresh `view`."""
         events = []
-        back = self.max_late + 60
-        if self.last_seen is not None and self.last_seen < now:
-            back = max(back, min(now - self.last_seen + self.max_late, _LOOKBACK_MAX))
-        lo = now - back
-        if self.since is not None and lo < self.since:
-            lo = self.since
+        if self.since is None:
+            self.since = now
+        # Candidates: everything after the latest terminal occurrence (hwm) and after the
+        # schedule became active, within a week: whatever passed while the device was off or
+        # the clock jumped is found here, whether or not the last save was recent.
+        lo = max(self.since, now - _LOOKBACK_MAX)
         floor = self.hwm
+        if floor is not None and floor + 1 > lo:
+            lo = floor + 1
         active = None
         for occ in planner.occurrences(self.plan, lo, now + self.max_early + 1):
             t, i = occ

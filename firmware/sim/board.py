@@ -15,6 +15,14 @@ from dispenser.clock import SimClock
 from dispenser.ds3231 import ADDR as RTC_ADDR
 from dispenser.ds3231 import FakeDS3231
 
+_LOG_MAX = 2000  # recent changes kept: a month of beeping must not fill the heap
+
+
+def _keep(log, item):
+    if len(log) >= _LOG_MAX:
+        del log[: _LOG_MAX // 2]
+    log.append(item)
+
 
 class RecPin(simhw.SimPin):
     """An output pin that records changes as (virtual ms, value)."""
@@ -28,7 +36,7 @@ class RecPin(simhw.SimPin):
         if v is None:
             return super().value()
         if v != super().value():
-            self.log.append((self.clock.ticks_ms(), v))
+            _keep(self.log, (self.clock.ticks_ms(), v))
         return super().value(v)
 
 
@@ -48,7 +56,7 @@ class RecPWM:
         if d is None:
             return self.duty
         if d != self.duty:
-            self.log.append((self.clock.ticks_ms(), self.hz, d))
+            _keep(self.log, (self.clock.ticks_ms(), self.hz, d))
         self.duty = d
 
 
@@ -63,7 +71,8 @@ class SimI2C:
         return [0x3C, RTC_ADDR]
 
     def writeto(self, addr, buf, stop=True):
-        self.frames += addr == 0x3C
+        # A frame is one write that starts with the data control byte 0x40.
+        self.frames += addr == 0x3C and len(buf) > 1 and buf[0] == 0x40
         return len(buf)
 
     def writevto(self, addr, bufs, stop=True):
@@ -127,6 +136,7 @@ class _CutWatch:
 class SimBoard:
     name = "sim"
     step_delay_ms = 0
+    beam_verify = True
 
     def __init__(self, state_dir, utc=None, speed=0, rtc_lost=False, heartbeat_s=600):
         self.state_dir = state_dir
@@ -139,6 +149,8 @@ class SimBoard:
         saved = self._load_motor()
         if saved is not None:
             self.motor.restore(saved)  # the physical rotor stays where the cut left it
+            for k, n in enumerate(saved.get("loaded", ())):
+                self.motor.loaded[k] = n  # and the pills stay in their compartments
         self._cut = _CutWatch(self.motor.coils[0], self)
         self.coils = (self._cut,) + tuple(self.motor.coils[1:])
         self.home = self.motor.home
@@ -172,8 +184,10 @@ class SimBoard:
 
     def save_world(self):
         """Keep the physical state (the rotor) for the next process: not the firmware's data."""
+        world = self.motor.state()
+        world["loaded"] = list(self.motor.loaded)
         with open(self._motor_file(), "w") as f:
-            json.dump(self.motor.state(), f)
+            json.dump(world, f)
 
     def cut_after_steps(self, n, on_cut):
         """Arm a power cut `n` half-steps into the motor's future."""

@@ -8,7 +8,7 @@ Script lines (times are local, in the schedule's zone; "+Nd HH:MM" counts days f
     end YYYY-MM-DD HH:MM      when it ends (a clean stop: nothing is lost)
     fill                      the nurse filled the carousel at start
     rtc lost                  the RTC lost its time before this boot
-    TIME press | hold | service | beam
+    TIME press | hold | service | take (empty the open compartment: the beam clears)
     TIME jam | unjam | mains off | mains on | battery MV
     TIME clock +3h | clock -90m | clock YYYY-MM-DD HH:MM      (a clock step, as from a source)
     TIME mode normal|assisted|paused|travel
@@ -113,7 +113,8 @@ def run(script_path, state_dir):
         app = runtime.start(board, store, emit)
         if app is not None and "fill" in head:
             app._events(app.doses.refilled(start))
-        clock.register(8 if app is not None else 1)  # the app's tasks + this driver
+            board.motor.load(*range(1, doc["compartments"] + 1))
+        clock.register(9 if app is not None else 1)  # the app's tasks + this driver
         warp = asyncio.create_task(clock.run_warp())
         cut = False
         for t, what in timeline:
@@ -158,10 +159,8 @@ async def _act(app, board, what, emit):
         await board.press(board.btn_taken, 3)
     elif verb == "service":
         await board.press(board.btn_service, 0.3)
-    elif verb == "beam" and app is not None:
-        board.motor.break_beam(True)
-        app.beam_broken()
-        board.motor.break_beam(False)
+    elif verb == "take":
+        board.motor.take()  # the citizen empties the open compartment: the beam clears
     elif verb == "jam":
         board.motor.jam()
     elif verb == "unjam":
@@ -189,8 +188,8 @@ async def _act(app, board, what, emit):
         board.save_world()
         return False
     elif verb == "cut-move":
-        # A quarter turn into the next move: the journal says "moving", the rotor is between.
-        board.cut_after_steps(1000, lambda: emit("cut", None, "mid-move"))
+        # 30 half-steps into the next move (a compartment is 73 away): the journal says "moving".
+        board.cut_after_steps(30, lambda: emit("cut", None, "mid-move"))
     else:
         raise ScriptError("unknown action: %s" % " ".join(what))
     return True

@@ -1,0 +1,35 @@
+"""Which clock steps to believe: a pure filter for time sources (NTP, the host, the RTC).
+
+A step of at most 120 s is applied at once (drift, a DS3231 holdover error). A larger step
+needs a second, independent answer that agrees with the first (within 5 s, after allowing for
+the time between them) before it is applied: one bad NTP answer cannot move doses by hours.
+A source the user vouches for (the nurse's authenticated time.set) is applied at once.
+"""
+
+SMALL_STEP = 120
+AGREE = 5
+
+
+class StepFilter:
+    def __init__(self):
+        self.pending = None  # (offset, local monotonic seconds when heard, source)
+
+    def offer(self, current, candidate, mono, source, trusted=False):
+        """Decide on `candidate` (UTC s) given the clock's `current` reading and a monotonic
+        seconds counter `mono`. Returns the UTC to step to, or None to keep the clock."""
+        if current is None or trusted:
+            self.pending = None
+            return candidate
+        offset = candidate - current
+        if -SMALL_STEP <= offset <= SMALL_STEP:
+            self.pending = None
+            return candidate
+        p = self.pending
+        if p is not None and p[2] != source and abs(offset - p[0]) <= AGREE:
+            self.pending = None
+            return candidate
+        if p is not None and p[2] == source and mono - p[1] > 3600:
+            p = None
+        if p is None or p[2] == source:
+            self.pending = (offset, mono, source)
+        return None

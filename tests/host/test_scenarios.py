@@ -1,0 +1,288 @@
+"""Scenario tests: the whole firmware on the simulated board under the real MicroPython VM.
+
+Each test writes a scenario script (see firmware/sim/scenario.py), runs it with the
+`micropython` binary on the warp clock, and asserts on the event stream it prints.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dosis import schedules
+from dosiscore import schedule
+
+ROOT = Path(__file__).resolve().parents[2]
+MICROPYTHON = Path(sys.executable).parent / "micropython"
+
+
+def _write_schedule(path, doc):
+    path.write_bytes(schedule.canonical(schedule.validate(doc)))
+    return path
+
+
+@pytest.fixture
+def example(tmp_path):
+    doc = schedules.load_document(ROOT / "examples" / "schedule.toml")
+    return _write_schedule(tmp_path / "schedule.json", doc)
+
+
+class Run:
+    def __init__(self, out):
+        self.out = out
+        self.events = []  # (local time, kind, dose id, detail)
+        self.hw = {}
+        self.end = None
+        for line in out.splitlines():
+            if line.startswith("EV "):
+                parts = line.split(" ", 4)
+                self.events.append(
+                    (parts[1], parts[2], parts[3], parts[4] if len(parts) > 4 else "")
+                )
+            elif line.startswith("HW "):
+                self.hw = {k: int(v) for k, v in (x.split("=") for x in line.split()[1:])}
+            elif line.startswith("END"):
+                self.end = line
+
+    def kinds(self, dose=None):
+        return [e[1] for e in self.events if dose is None or e[2] == dose]
+
+    def find(self, kind, dose=None):
+        return [e for e in self.events if e[1] == kind and (dose is None or e[2] == dose)]
+
+    def at(self, kind, dose=None):
+        """Local HH:MM of the one event of this kind (asserts there is exactly one)."""
+        found = self.find(kind, dose)
+        assert len(found) == 1, (kind, dose, found)
+        return found[0][0][11:16]
+
+
+def scenario(tmp_path, sched, body, state="state"):
+    d = tmp_path / state
+    d.mkdir(exist_ok=True)
+    script = tmp_path / (state + ".txt")
+    script.write_text(f"schedule {sched}\n{body}\n")
+    env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT / 'firmware'}")
+    out = subprocess.run(
+        [str(MICROPYTHON), "-m", "sim.scenario", str(script), str(d)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr
+    run = Run(out.stdout)
+    assert run.end is not None, out.stdout[-2000:]
+    return run
+
+
+DAY = "start 2026-11-23 06:00\nend 2026-11-23 13:00\nfill\n"
+
+
+def test_taken_on_time(tmp_path, example):
+    r = scenario(
+        tmp_path, example, "start 2026-11-23 06:00\nend 2026-11-23 11:00\nfill\n08:03 press"
+    )
+    assert r.at("available", "morgen") == "07:30"
+    assert r.find("opened", "morgen")[0][3] == "compartment 1"
+    assert r.at("opened", "morgen") == "07:30"
+    assert r.at("due", "morgen") == "08:00"
+    assert r.at("taken", "morgen") == "08:03"
+    assert r.find("closed")[0][0][11:16] == "08:03"
+    assert r.find("taken", "morgen")[0][3] == "button"
+    # a tone from 08:00 until the press at 08:03: one 0.5 s beep every 2 s
+    assert 88 <= r.hw["beeps"] <= 92
+    assert r.kinds("morgen").count("taken") == 1
+
+
+def test_taken_late_escalates_and_notifies(tmp_path, example):
+    r = scenario(tmp_path, example, DAY + "09:10 press")
+    assert [e[3] for e in r.find("louder", "morgen")] == ["2", "3", "4"]
+    assert [e[0][11:16] for e in r.find("louder", "morgen")] == ["08:10", "08:20", "08:30"]
+    assert r.at("notify", "morgen") == "08:30"
+    assert r.at("taken", "morgen") == "09:10"
+    assert not r.find("missed")
+
+
+def test_missed_locks_and_tells_the_care_team(tmp_path, example):
+    r = scenario(tmp_path, example, DAY)
+    assert r.at("notify", "morgen") == "08:30"
+    assert r.at("missed", "morgen") == "10:00"
+    assert r.find("missed", "morgen")[0][3] == "late"
+    closes = [e[0][11:16] for e in r.find("closed")]
+    assert "10:00" in closes
+    # the noon dose opens its own compartment (2); compartment 1 is never shown again
+    assert r.find("opened", "middag")[0][3] == "compartment 2"
+    assert [e[3] for e in r.find("opened")] == ["compartment 1", "compartment 2"]
+
+
+def test_nothing_before_the_early_window(tmp_path, example):
+    r = scenario(tmp_path, example, DAY + "07:20 press\n07:40 press")
+    presses = r.find("press")
+    assert presses and presses[0][0][11:16] == "07:20" and "nothing due" in presses[0][3]
+    assert r.at("taken", "morgen") == "07:40"
+    assert r.find("available", "morgen")[0][0][11:16] == "07:30"
+
+
+def test_jam_is_a_fault_without_grinding(tmp_path, example):
+    r = scenario(tmp_path, example, DAY + "07:00 jam")
+    # A short move does not pass home: the filled compartment that never reaches the beam
+    # gives it away (E4); a longer one would miss the home edge (E1). Either stops the motor.
+    faults = [e[3] for e in r.find("fault")]
+    assert any(f.startswith(("E1", "E4")) for f in faults), r.events
+    assert r.find("carousel_fault") or r.find("jam")
+    assert not r.find("opened")
+    # the citizen is still reminded, and the care team hears of it
+    assert r.at("due", "morgen") == "08:00"
+    assert r.at("notify", "morgen") == "08:30"
+    # no retry loop: the motor made well under two turns in all
+    assert r.hw["steps"] < 2 * 4096 + 4096
+
+
+def test_power_cut_mid_move_recovers_without_double_offer(tmp_path, example):
+    r1 = scenario(
+        tmp_path, example, "start 2026-11-23 06:00\nend 2026-11-23 13:00\nfill\n07:00 cut-move"
+    )
+    assert r1.end == "END cut"
+    assert r1.find("cut")[0][3] == "mid-move"
+    assert not r1.find("opened")
+    r2 = scenario(tmp_path, example, "start 2026-11-23 07:32\nend 2026-11-23 09:00\n08:02 press")
+    assert r2.find("recovered")
+    assert r2.find("opened", "morgen")[0][3] == "compartment 1"
+    assert r2.at("taken", "morgen") == "08:02"
+    both = r1.events + r2.events
+    assert [e[1] for e in both if e[2] == "morgen"].count("taken") == 1
+
+
+def test_power_cut_while_closing_never_reoffers(tmp_path, example):
+    r1 = scenario(
+        tmp_path,
+        example,
+        "start 2026-11-23 06:00\nend 2026-11-23 13:00\nfill\n08:03 press\n08:03 cut-move",
+    )
+    assert r1.at("taken", "morgen") == "08:03"
+    assert r1.end == "END cut"
+    r2 = scenario(tmp_path, example, "start 2026-11-23 08:05\nend 2026-11-23 12:30")
+    assert r2.find("recovered")
+    assert not r2.find("available", "morgen") and not r2.find("due", "morgen")
+    assert not r2.find("opened", "morgen")
+    assert r2.find("opened", "middag")[0][3] == "compartment 2"
+
+
+def test_power_off_across_a_dose_is_missed_unseen(tmp_path, example):
+    scenario(tmp_path, example, "start 2026-11-23 06:00\nend 2026-11-23 07:00\nfill")
+    r = scenario(tmp_path, example, "start 2026-11-23 10:30\nend 2026-11-23 11:00")
+    m = r.find("missed", "morgen")
+    assert len(m) == 1 and m[0][3] == "unseen"
+
+
+def test_rtc_lost_dispenses_nothing(tmp_path, example):
+    r = scenario(tmp_path, example, "rtc lost\n" + DAY + "08:03 press")
+    assert r.find("rtc_lost")
+    assert any(e[3].startswith("E3") for e in r.find("fault"))
+    assert not r.find("opened") and not r.find("taken") and not r.find("due")
+
+
+@pytest.mark.parametrize("day", ["2027-03-28", "2027-10-31"])
+def test_dst_days_each_dose_once(tmp_path, day):
+    doc = {
+        "schema": 1,
+        "citizen": "borger-7",
+        "start": "2027-01-01",
+        "dose": [
+            {"id": "nat", "time": "02:30", "early_min": 0, "late_lock_min": 30, "items": ["Z"]},
+            {"id": "morgen", "time": "08:00", "items": ["M"]},
+        ],
+    }
+    sched = _write_schedule(tmp_path / "dst.json", doc)
+    import datetime
+
+    the_day = datetime.date.fromisoformat(day)
+    prev, nxt = the_day - datetime.timedelta(days=1), the_day + datetime.timedelta(days=1)
+    m = day[5:7]
+    r = scenario(tmp_path, sched, f"start {prev} 20:00\nend {nxt} 12:00\nfill")
+    nat = r.find("missed", "nat")
+    assert len(nat) == 2  # the transition day and the day after: once each
+    assert len(r.find("missed", "morgen")) == 2
+    due = [e[0] for e in r.find("due", "nat")]
+    if m == "03":
+        assert due[0] == f"{day}T03:00:00+02:00"  # fires once, at the end of the gap
+    else:
+        assert due[0] == f"{day}T02:30:00+02:00"  # fires once, at the first 02:30
+
+
+def test_refill_warning_and_empty(tmp_path, example):
+    body = "start 2026-11-23 06:00\nend 2026-11-30 13:00\nfill\n"
+    r = scenario(tmp_path, example, body)
+    refill = r.find("refill")
+    assert [e[3] for e in refill] == ["4"]
+    # 4 dispensed doses a day from 23 Nov: compartment 24 opens with the night dose of
+    # 28 Nov (21:45, its early window), leaving 4
+    assert refill[0][0].startswith("2026-11-28T21:45")
+    assert r.find("empty")
+    assert r.find("opened")[-1][3] == "compartment 28"
+
+
+def test_prn_allowed_then_refused(tmp_path, example):
+    r = scenario(tmp_path, example, DAY + "10:15 hold\n10:45 hold")
+    prn = [e[3] for e in r.find("prn")]
+    assert prn == ["smerte:ok", "smerte:no"]
+
+
+def test_reminder_only_confirms_without_moving(tmp_path, example):
+    body = "start 2026-11-23 20:00\nend 2026-11-23 21:20\nfill\n21:05 press"
+    r = scenario(tmp_path, example, body)
+    assert r.at("due", "ojendraaber") == "21:00"
+    assert r.at("taken", "ojendraaber") == "21:05"
+    assert not r.find("opened", "ojendraaber")
+
+
+def test_assisted_is_silent_and_paused_skips(tmp_path, example):
+    r = scenario(
+        tmp_path,
+        example,
+        "start 2026-11-23 06:00\nend 2026-11-23 10:30\nfill\n06:10 mode assisted",
+    )
+    assert r.hw["beeps"] == 0
+    assert r.find("opened", "morgen")[0][3] == "compartment 1"
+    assert r.at("skipped", "morgen") == "10:00"
+    assert not r.find("notify")
+    r = scenario(
+        tmp_path,
+        example,
+        "start 2026-11-23 06:00\nend 2026-11-23 10:30\nfill\n06:10 mode paused",
+        state="paused",
+    )
+    assert r.at("skipped", "morgen") == "08:00"
+    assert not r.find("opened") and r.hw["beeps"] == 0
+
+
+def test_clock_jumps_forward_and_back(tmp_path, example):
+    r = scenario(tmp_path, example, DAY + "07:00 clock +3h")
+    assert r.find("clock")
+    assert r.find("missed", "morgen")[0][3] == "unseen"
+    assert not r.find("opened", "morgen")
+    r = scenario(tmp_path, example, DAY + "08:03 press\n08:10 clock -1h", state="back")
+    assert r.kinds("morgen").count("due") == 1
+    assert r.kinds("morgen").count("available") == 1
+    assert r.kinds("morgen").count("taken") == 1
+
+
+def test_mains_and_battery(tmp_path, example):
+    r = scenario(tmp_path, example, DAY + "09:00 mains off\n09:05 battery 3300\n10:00 mains on")
+    assert [e[3] for e in r.find("mains")] == ["lost", "restored"]
+    assert any(e[3].startswith("E5") for e in r.find("fault"))
+    assert r.find("fault_cleared")
+
+
+def test_state_is_json_on_flash(tmp_path, example):
+    scenario(tmp_path, example, DAY + "08:03 press")
+    state = json.loads((tmp_path / "state" / "doses.json").read_text())
+    assert any(v[0] == "taken" for v in state["facts"].values())
+    journal = json.loads((tmp_path / "state" / "journal.json").read_text())
+    assert "at" in journal
