@@ -29,7 +29,7 @@ export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
 
 help:
 	@echo "make setup      create $(VENV) and install dosis with the test extra"
-	@echo "make demo       validate and show examples/schedule.toml with the dosis CLI"
+	@echo "make demo       validate and show examples/schedule.toml, then a day on the virtual dispenser"
 	@echo "make test       lint, typecheck, mpy, pytest, mptest (in that order)"
 	@echo "make bench      run bench/bench_planner.py on the micropython unix port"
 	@echo "make clean      remove $(VENV), $(BUILD)/ and caches"
@@ -46,6 +46,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dosis schedule validate examples/schedule.toml
 	$(BIN)/dosis schedule show examples/schedule.toml --days 7
+	@echo "== a day on the virtual dispenser (the real firmware on the MicroPython unix port)"
+	rm -rf $(BUILD)/demo-state && mkdir -p $(BUILD)/demo-state
+	$(BIN)/dosis schedule compile examples/schedule.toml -o $(BUILD)/demo-schedule.json
+	MICROPYPATH=$(MICROPYPATH_FW) $(BIN)/micropython -m sim.scenario examples/day.scenario \
+	    $(BUILD)/demo-state
 
 # Prerequisites run in the order listed, even under -j, so `make test` stops at the first failure.
 .NOTPARALLEL:

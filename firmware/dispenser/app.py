@@ -14,9 +14,10 @@ import gc
 from dispenser import carousel as carousel_mod
 from dispenser.alerts import Alerts
 from dispenser.buttons import Buttons
+from dispenser.ds3231 import DS3231
 from dispenser.stepper import Stepper
 from dispenser.store import Journal
-from dosiscore import civil, doses, planner, tz
+from dosiscore import civil, doses, planner, timesrc, tz
 
 _IRQ_RISING = 1  # machine.Pin.IRQ_RISING on the ESP32 (and on the simulated pins)
 _PRN_SHOW_S = 15  # how long the answer to an as-needed request stays on the screen
@@ -71,6 +72,7 @@ class App:
         self.ready = False  # the carousel is calibrated
         self.moving = False
         self._saved_at = 0
+        self.timefilter = timesrc.StepFilter()
         self.beam_flag = board.flag()
         try:
             board.beam.irq(handler=self._beam_isr, trigger=_IRQ_RISING)
@@ -162,6 +164,27 @@ class App:
                 continue
             await self.clock.wait(self.kick, wait)
             self.kick.clear()
+
+    def offer_time(self, utc, source, trusted=False):
+        """A time source answered (NTP, the nurse's tool). Steps over 120 s need a second
+        source to agree unless the source is trusted; the DS3231 follows every accepted step.
+        Returns True if the clock was set."""
+        cur = self.clock.now() if self.clock.valid() else None
+        new = self.timefilter.offer(cur, utc, self.clock.ticks_ms() // 1000, source, trusted)
+        if new is None:
+            self.emit(
+                "clock_held",
+                None,
+                "%s %+d s: waiting for a second source" % (source, utc - (cur or 0)),
+            )
+            return False
+        old, new = self.clock.set(new, source)
+        try:
+            DS3231(self.board.i2c).write(new)
+        except OSError:
+            self.fault("E3", "rtc not answering")
+        self.on_clock_change(old, new, source)
+        return True
 
     def on_clock_change(self, old, new, source):
         self.emit("clock", None, "%s %s %s" % (old, new, source))

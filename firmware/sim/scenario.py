@@ -12,6 +12,8 @@ Script lines (times are local, in the schedule's zone; "+Nd HH:MM" counts days f
     TIME jam | unjam | mains off | mains on | battery MV
     TIME clock +3h | clock -90m | clock YYYY-MM-DD HH:MM      (a clock step, as from a source)
     TIME mode normal|assisted|paused|travel
+    TIME ntp +3h SOURCE       a network time answer (a step over 120 s needs two sources)
+    TIME settime YYYY-MM-DD HH:MM   the nurse sets the time (trusted)
     TIME cut                  power cut: stop at once, nothing more is written
     TIME cut-move             power cut in the middle of the next carousel move
 Output: one line per event: "EV local-time kind occurrence-id detail"; at the end "HW" lines
@@ -84,7 +86,9 @@ def run(script_path, state_dir):
         head, acts = parse(f.readlines())
     with open(head["schedule"]) as f:
         doc = json.load(f)
-    zone = tz.Tz(doc["tz_rule"])
+    # The script's times are read in the schedule's zone (or the default one, so a broken
+    # schedule can still be scripted: the firmware must refuse it, not the runner).
+    zone = tz.Tz(doc.get("tz_rule") or tz.ZONES[tz.DEFAULT_ZONE])
     sp = head["start"].split()
     start_day = civil.parse_date(sp[0])
     if start_day is None:
@@ -113,7 +117,7 @@ def run(script_path, state_dir):
         app = runtime.start(board, store, emit)
         if app is not None and "fill" in head:
             app._events(app.doses.refilled(start))
-            board.motor.load(*range(1, doc["compartments"] + 1))
+            board.motor.load(*range(1, app.doc["compartments"] + 1))
         clock.register(9 if app is not None else 1)  # the app's tasks + this driver
         warp = asyncio.create_task(clock.run_warp())
         cut = False
@@ -183,6 +187,16 @@ async def _act(app, board, what, emit):
         old, new = clock.set(new, "test")
         if app is not None:
             app.on_clock_change(old, new, "test")
+    elif verb in ("ntp", "settime") and app is not None:
+        # "ntp +3h pool1": an answer from a network source, filtered; "settime YYYY-MM-DD
+        # HH:MM": the nurse's tool, trusted (how a device that lost its time gets it back).
+        if verb == "ntp":
+            n, unit = int(arg[1:-1]), arg[-1]
+            step = n * {"h": 3600, "m": 60, "s": 1, "d": 86400}[unit]
+            base = clock.now() if clock.valid() else 0
+            app.offer_time(base + (step if arg[0] == "+" else -step), what[2])
+        else:
+            app.offer_time(_parse_when(" ".join(what[1:3]), 0, app.zone), "nurse", True)
     elif verb == "cut":
         emit("cut", None, "")
         board.save_world()

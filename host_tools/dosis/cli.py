@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from dosiscore import civil
-from dosiscore.schedule import ScheduleError
+from dosiscore.schedule import ScheduleError, canonical, content_hash
 
 from . import __version__, schedules
 from .cli_hardware import hardware
@@ -93,6 +93,23 @@ def schedule_validate(file: str) -> None:
     """Check FILE and print every problem (exit 1), or a one-line summary (exit 0)."""
     doc = _load_or_report(file)
     click.echo(f"{file}: {schedules.summary(doc)}")
+
+
+@schedule.command("compile")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of stdout."
+)
+def schedule_compile(file: str, output: str | None) -> None:
+    """Print FILE in the compact canonical JSON form a device stores (its hash is its id)."""
+    doc = _load_or_report(file)
+    data = canonical(doc)
+    if output is None:
+        click.echo(data.decode())
+    else:
+        with open(output, "wb") as f:
+            f.write(data)
+        click.echo(f"{output}: hash {content_hash(doc)[:12]}", err=True)
 
 
 class DateParam(click.ParamType):

@@ -219,3 +219,18 @@ def test_host_runs_the_firmware_code():
 
 def test_hardware_group_registered():
     assert "hardware" in cli.commands and "schedule" in cli.commands
+
+
+def test_compile_is_canonical_and_validates_again(tmp_path):
+    from dosiscore import schedule as core
+
+    r = run("schedule", "compile", str(EXAMPLE))
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert core.canonical(core.validate(doc)).decode() == r.stdout.strip()
+    out = tmp_path / "s.json"
+    r = run("schedule", "compile", str(EXAMPLE), "-o", str(out))
+    assert r.exit_code == 0 and out.read_bytes().decode() == json.dumps(
+        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert f"hash {core.content_hash(doc)[:12]}" in r.stderr

@@ -286,3 +286,27 @@ def test_state_is_json_on_flash(tmp_path, example):
     assert any(v[0] == "taken" for v in state["facts"].values())
     journal = json.loads((tmp_path / "state" / "journal.json").read_text())
     assert "at" in journal
+
+
+def test_big_ntp_step_needs_a_second_source(tmp_path, example):
+    r = scenario(
+        tmp_path,
+        example,
+        DAY + "06:30 ntp +3h pool1\n06:31 ntp +3h pool1\n"
+        "06:40 ntp +30s pool1\n06:50 ntp +2h pool1\n06:51 ntp +2h pool2",
+    )
+    held = r.find("clock_held")
+    assert len(held) == 3  # the 3 h step (twice from one source), then the 2 h one, once
+    clocks = [e[3].split()[2] for e in r.find("clock")]
+    assert clocks == ["pool1", "pool2"]  # the 30 s step at once; 2 h when pool2 agreed
+
+
+def test_rtc_lost_then_the_nurse_sets_the_time(tmp_path, example):
+    body = (
+        "rtc lost\nstart 2026-11-23 06:00\nend 2026-11-23 09:00\nfill\n"
+        "06:20 settime 2026-11-23 07:00\n"
+    )
+    r = scenario(tmp_path, example, body)
+    assert any(e[3].startswith("E3") for e in r.find("fault"))
+    assert r.find("fault_cleared")
+    assert r.at("due", "morgen") == "08:00"
