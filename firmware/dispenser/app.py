@@ -21,6 +21,7 @@ from dosiscore import civil, doses, planner, timesrc, tz
 
 _IRQ_RISING = 1  # machine.Pin.IRQ_RISING on the ESP32 (and on the simulated pins)
 _PRN_SHOW_S = 15  # how long the answer to an as-needed request stays on the screen
+_TAKEN_SHOW_S = 60
 _SAVE_SEEN_S = 900  # at most 4 state writes an hour while nothing happens
 _HEALTH_S = 10
 _LOW_BATTERY_MV = 3500
@@ -63,6 +64,8 @@ class App:
         self.want = None  # carousel target: ("open", k, occ) or ("closed", None, None)
         self.faults = {}  # code -> detail, while active
         self.prn_answer = None  # (allowed, at, until)
+        self.notice = None  # ("taken" | "missed", data, until): what just happened
+        self.last_screen = ("idle", {})
         self.service = False
         self.alive = {}  # task name -> clock ticks of its last check-in
         self.dead = []  # names of tasks that ended with an exception
@@ -89,6 +92,12 @@ class App:
         for kind, occ, detail in events:
             self.emit(kind, occ, detail)
             changed = True
+            if kind in ("taken", "missed") and occ is not None:
+                # What just happened stays on the screen: "taken" for a minute, "missed"
+                # until the next dose opens or someone presses the button.
+                now = self.clock.now()
+                hold = _TAKEN_SHOW_S if kind == "taken" else 12 * 3600
+                self.notice = (kind, {"time": self._hhmm(occ[0])}, now + hold)
             if kind == "empty":
                 self.fault("E6", "carousel empty")
             elif kind == "filled":
@@ -254,6 +263,7 @@ class App:
                 self.emit("press", None, press + " ignored: time missing")
                 continue
             now = self.clock.now()
+            self.notice = None  # any press acknowledges what the screen was saying
             if press == "taken":
                 ev = self.doses.taken(now, "button")
                 if not ev:
@@ -328,6 +338,8 @@ class App:
                 "time": self._hhmm(occ[0]),
                 "late": now >= occ[0] + 60 * d["notify_min"],
             }
+        if self.notice is not None and now < self.notice[2]:
+            return self.notice[0], dict(self.notice[1])
         if self.prn_answer is not None and now < self.prn_answer[2]:
             allowed, at, _ = self.prn_answer
             rule = self.doc["prn"][0]["name"] if self.doc["prn"] else ""

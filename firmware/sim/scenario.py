@@ -14,6 +14,7 @@ Script lines (times are local, in the schedule's zone; "+Nd HH:MM" counts days f
     TIME mode normal|assisted|paused|travel
     TIME ntp +3h SOURCE       a network time answer (a step over 120 s needs two sources)
     TIME settime YYYY-MM-DD HH:MM   the nurse sets the time (trusted)
+    TIME screen [FILE.pbm]    print what the screen shows (and save it as an image)
     TIME cut                  power cut: stop at once, nothing more is written
     TIME cut-move             power cut in the middle of the next carousel move
 Output: one line per event: "EV local-time kind occurrence-id detail"; at the end "HW" lines
@@ -108,10 +109,11 @@ def run(script_path, state_dir):
         print("EV", when, kind, oid, detail)
 
     timeline = []
-    for a in acts:
+    for n, a in enumerate(acts):
         when, what = _split_action(a)
-        timeline.append((_parse_when(when, start_day, zone), what))
-    timeline.sort(key=lambda x: x[0])
+        timeline.append((_parse_when(when, start_day, zone), n, what))
+    # By time, then in script order (MicroPython's sort is not stable: the index decides).
+    timeline.sort(key=lambda x: (x[0], x[1]))
 
     async def main():
         app = runtime.start(board, store, emit)
@@ -121,7 +123,7 @@ def run(script_path, state_dir):
         clock.register(9 if app is not None else 1)  # the app's tasks + this driver
         warp = asyncio.create_task(clock.run_warp())
         cut = False
-        for t, what in timeline:
+        for t, _, what in timeline:
             await clock.sleep(max(0, t - _now()))
             if not await _act(app, board, what, emit):
                 cut = True
@@ -197,6 +199,16 @@ async def _act(app, board, what, emit):
             app.offer_time(base + (step if arg[0] == "+" else -step), what[2])
         else:
             app.offer_time(_parse_when(" ".join(what[1:3]), 0, app.zone), "nurse", True)
+    elif verb == "screen" and app is not None:
+        # What the citizen sees: the screen's name and its data; with a file name, also the
+        # framebuffer as a PBM image.
+        await clock.sleep(1)  # let the display task redraw for this instant first
+        name, data = app.last_screen
+        keys = sorted(data)
+        emit("screen", None, name + " " + " ".join("%s=%s" % (k, data[k]) for k in keys))
+        if arg and board.display is not None:
+            with open(arg, "wb") as f:
+                f.write(board.display.to_pbm())
     elif verb == "cut":
         emit("cut", None, "")
         board.save_world()

@@ -310,3 +310,28 @@ def test_rtc_lost_then_the_nurse_sets_the_time(tmp_path, example):
     assert any(e[3].startswith("E3") for e in r.find("fault"))
     assert r.find("fault_cleared")
     assert r.at("due", "morgen") == "08:00"
+
+
+def test_what_the_screen_says_through_a_day(tmp_path, example):
+    pbm = tmp_path / "due.pbm"
+    body = (
+        "start 2026-11-23 06:00\nend 2026-11-23 21:00\nfill\n"
+        "06:59 screen\n07:45 screen\n08:01 screen " + str(pbm) + "\n08:02 press\n"
+        "08:02 screen\n09:30 screen\n10:30 hold\n10:30 screen\n"
+        "12:05 press\n16:00 mains off\n16:01 battery 3300\n16:02 screen\n"
+        "20:05 screen\n20:06 press\n20:06 screen"
+    )
+    r = scenario(tmp_path, example, body)
+    shots = [e[3] for e in r.find("screen")]
+    assert shots[0].startswith("idle ") and "next=08:00" in shots[0] and "clock=06:59" in shots[0]
+    assert shots[1] == "available compartment=1 dose=morgen time=08:00"
+    assert shots[2] == "due compartment=1 late=False time=08:00"
+    assert shots[3] == "taken time=08:00"
+    assert shots[4].startswith("idle ") and "next=12:00" in shots[4]
+    assert shots[5] == "prn allowed=True name=Paracetamol 500 mg x 2 next=None"
+    assert shots[6].startswith("idle ")  # low battery on battery power is reported, not shown
+    assert shots[7] == "missed time=18:00"  # the evening dose was missed at 20:00
+    assert shots[8].startswith("idle ")  # a press acknowledges it
+    data = pbm.read_bytes()
+    assert data.startswith(b"P4\n128 64\n") and len(data) == len(b"P4\n128 64\n") + 1024
+    assert any(data[10:])  # something is drawn
