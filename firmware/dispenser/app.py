@@ -167,7 +167,9 @@ class App:
                 self._saved_at = now
             self._apply_view()
             wake = self.doses.next_wake(now)
-            wait = min(max(1, wake - now), self.board.heartbeat_s)
+            # Aim at the instant itself (milliseconds), so a tone starts on time, not up to a
+            # second late; never less than 1 ms, never longer than the heartbeat.
+            wait = min(max(0.001, wake - self.clock.now_ms() / 1000), self.board.heartbeat_s)
             if self.clock.changed.is_set():
                 self.clock.changed.clear()
                 continue

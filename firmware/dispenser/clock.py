@@ -51,6 +51,13 @@ class Clock:
         self._rebase()
         return self._utc0 + (self._elapsed_ms() + self._ms0) // 1000
 
+    def now_ms(self):
+        """UTC Unix milliseconds: waits aim at the instant, not at the next whole second."""
+        if self._utc0 is None:
+            return 0
+        self._rebase()
+        return self._utc0 * 1000 + self._elapsed_ms() + self._ms0
+
     def set(self, utc, source):
         """Step the clock to `utc`; returns (old, new) for the log. Wakes every waiter."""
         old = self.now() if self._utc0 is not None else None
