@@ -35,6 +35,8 @@ FAULT_KEYS = {
     "E5": "battery",
     "E6": "empty",
     "E7": "button",
+    "E8": "display",
+    "E9": "storage",
 }
 
 
@@ -315,6 +317,7 @@ class App:
         """(screen name, data) for what the citizen should see now; formatted here."""
         if self.service:
             return "service", {"text": self.board.name}
+        # Faults that stop dispensing come first; the others show when nothing is due.
         for code in ("E1", "E2", "E4", "E7"):
             if code in self.faults:
                 return "fault", {"code": code, "key": FAULT_KEYS.get(code, "fault")}
@@ -352,6 +355,9 @@ class App:
             }
         if "E6" in self.faults:
             return "refill", {"left": 0}
+        for code in ("E9", "E8"):
+            if code in self.faults:
+                return "fault", {"code": code, "key": FAULT_KEYS.get(code, "fault")}
         left = self.doses.doses_left(now)
         if left is not None and left <= doses.REFILL_WARN:
             return "refill", {"left": left}

@@ -90,6 +90,12 @@ class Board:
 
         return WDT(timeout=ms)
 
+    def nvs(self):
+        """The ESP32's NVS namespace for Dosis: survives a filesystem that will not mount."""
+        import esp32
+
+        return esp32.NVS("dosis")
+
     def path(self, name):
         """Files live in the flash filesystem's root."""
         return "/" + name

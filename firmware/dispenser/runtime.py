@@ -40,17 +40,108 @@ def load_schedule(store, emit):
     return doc
 
 
+_NVS_LEN = "schedlen"
+_NVS_BLOB = "sched"
+
+
+def nvs_keep_schedule(board, doc, emit):
+    """Keep a copy of the active schedule in NVS (only written when it differs), so that a
+    filesystem that will not mount still leaves the device reminding."""
+    from dosiscore import schedule
+
+    data = schedule.canonical(doc)
+    try:
+        nvs = board.nvs()
+        if nvs_schedule_bytes(nvs) == data:
+            return
+        nvs.set_blob(_NVS_BLOB, data)
+        nvs.set_i32(_NVS_LEN, len(data))
+        nvs.commit()
+        emit("nvs_copy", None, len(data))
+    except (OSError, AttributeError) as e:
+        emit("fault", None, "E9 nvs copy failed: %s" % e)
+
+
+def nvs_schedule_bytes(nvs):
+    try:
+        n = nvs.get_i32(_NVS_LEN)
+        buf = bytearray(n)
+        nvs.get_blob(_NVS_BLOB, buf)
+        return bytes(buf)
+    except (OSError, ValueError):
+        return None
+
+
+def nvs_schedule(board, emit):
+    """The schedule from NVS (validated), or None."""
+    import json
+
+    try:
+        data = nvs_schedule_bytes(board.nvs())
+    except (OSError, AttributeError):
+        data = None
+    if data is None:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    from dosiscore import schedule
+
+    try:
+        return schedule.validate(doc)
+    except schedule.ScheduleError:
+        return None
+
+
+class MemStore:
+    """A store in RAM: the degraded mode when the filesystem cannot be used."""
+
+    def __init__(self):
+        self.data = {}
+        self.writes = 0
+
+    def load(self, name):
+        return self.data.get(name)
+
+    def save(self, name, obj):
+        self.data[name] = obj
+        self.writes += 1
+
+    def usable(self):
+        return False
+
+
 def start(board, store, emit):
-    """Set the clock, load the schedule, create the app's tasks. Returns the App or None."""
+    """Set the clock, load the schedule, create the app's tasks. Returns the App or None.
+
+    Never hangs and never gives up while any schedule exists: a filesystem that cannot be
+    used (or a schedule file that is gone or corrupt) falls back to the copy in NVS, with a
+    fault shown and reported (E9)."""
     emit("boot", None, board.name)
     utc = read_rtc(board, emit)
     if utc is not None:
         board.clock.set(utc, "rtc")
         board.clock.changed.clear()
-    doc = load_schedule(store, emit)
+    degraded = None
+    if not store.usable():
+        degraded = "filesystem unusable"
+        store = MemStore()
+        doc = None
+    else:
+        doc = load_schedule(store, emit)
+    if doc is None:
+        doc = nvs_schedule(board, emit)
+        if doc is not None:
+            degraded = degraded or "schedule file lost"
+            emit("schedule", None, "from NVS")
+    elif hasattr(board, "nvs"):
+        nvs_keep_schedule(board, doc, emit)
     gc.collect()
     if doc is None:
         return None
     app = App(board, doc, store, emit)
+    if degraded:
+        app.fault("E9", degraded + ": reminding from the NVS copy")
     app.start()
     return app

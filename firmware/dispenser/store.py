@@ -14,6 +14,19 @@ class Store:
         self.root = root
         self.writes = 0  # counted: flash wear is a budget (≤ 100 syncs an hour)
 
+    def usable(self):
+        """True if a file can be written, read back and removed here (a boot-time probe)."""
+        p = self.path(".probe")
+        try:
+            with open(p, "w") as f:
+                f.write("ok")
+            with open(p) as f:
+                ok = f.read() == "ok"
+            os.remove(p)
+            return ok
+        except OSError:
+            return False
+
     def path(self, name):
         return (self.root + "/" + name) if self.root else name
 

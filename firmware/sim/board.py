@@ -133,6 +133,46 @@ class _CutWatch:
         return self.pin.value(v)
 
 
+class FakeNVS:
+    """esp32.NVS on the simulator: blobs and integers in one JSON file, written on commit()."""
+
+    def __init__(self, path):
+        self.path = path
+        self.data = {}
+        try:
+            with open(path) as f:
+                self.data = json.load(f)
+        except (OSError, ValueError):
+            self.data = {}
+
+    def set_blob(self, key, value):
+        self.data[key] = bytes(value).decode()
+
+    def get_blob(self, key, buf):
+        if key not in self.data:
+            raise OSError(-4354)  # ESP_ERR_NVS_NOT_FOUND, as the real one raises
+        b = self.data[key].encode()
+        n = min(len(buf), len(b))
+        buf[:n] = b[:n]
+        return len(b)
+
+    def set_i32(self, key, value):
+        self.data[key] = int(value)
+
+    def get_i32(self, key):
+        if key not in self.data:
+            raise OSError(-4354)
+        return self.data[key]
+
+    def commit(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.data, f)
+        import os
+
+        os.rename(tmp, self.path)
+
+
 class SimBoard:
     name = "sim"
     step_delay_ms = 0
@@ -209,6 +249,9 @@ class SimBoard:
 
     def path(self, name):
         return self.state_dir + "/" + name
+
+    def nvs(self):
+        return FakeNVS(self.state_dir + "/sim-nvs.json")
 
     # -- injections -----------------------------------------------------------------------
 

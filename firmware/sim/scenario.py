@@ -23,6 +23,7 @@ with totals (beeps, moves, steps) and "END".
 
 import asyncio
 import json
+import os
 import sys
 
 from dispenser import runtime
@@ -97,7 +98,9 @@ def run(script_path, state_dir):
     start = _parse_when(head["start"], start_day, zone)
     end = _parse_when(head["end"], start_day, zone)
     store = Store(state_dir)
-    if store.load(runtime.SCHEDULE) is None:
+    try:
+        os.stat(store.path(runtime.SCHEDULE))
+    except OSError:  # first boot of this state dir: provision it (a corrupt one stays corrupt)
         store.save(runtime.SCHEDULE, doc)
     board = SimBoard(state_dir, start, rtc_lost="rtc_lost" in head)
     clock = board.clock

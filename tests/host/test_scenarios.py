@@ -335,3 +335,15 @@ def test_what_the_screen_says_through_a_day(tmp_path, example):
     data = pbm.read_bytes()
     assert data.startswith(b"P4\n128 64\n") and len(data) == len(b"P4\n128 64\n") + 1024
     assert any(data[10:])  # something is drawn
+
+
+def test_schedule_file_lost_reminds_from_the_nvs_copy(tmp_path, example):
+    scenario(tmp_path, example, "start 2026-11-23 06:00\nend 2026-11-23 07:00\nfill")
+    nvs = json.loads((tmp_path / "state" / "sim-nvs.json").read_text())
+    assert nvs["schedlen"] == len(example.read_bytes())
+    (tmp_path / "state" / "schedule.json").write_text("{torn")  # flash corruption
+    # the runner re-provisions a missing schedule file only; a corrupt one stays corrupt
+    r = scenario(tmp_path, example, "start 2026-11-23 07:10\nend 2026-11-23 08:30\n08:05 press")
+    assert any(e[3].startswith("E9") for e in r.find("fault")), r.events
+    assert r.find("schedule")[-1][3] == "from NVS"
+    assert r.at("taken", "morgen") == "08:05"
