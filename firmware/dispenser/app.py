@@ -433,6 +433,9 @@ class App:
         except Exception as e:  # a task boundary: turn it into a fault, stop feeding the dog
             self.dead.append(name)
             self.emit("fault", None, "%s crashed: %s %s" % (name, type(e).__name__, e))
+        finally:
+            if hasattr(self.clock, "register"):
+                self.clock.register(-1)  # the simulator's warp must not wait for it any more
 
     def start(self):
         """Create the tasks; returns them (the caller owns the loop)."""

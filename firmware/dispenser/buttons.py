@@ -34,10 +34,13 @@ class Buttons:
         self.flag.set()
 
     async def _held_for(self, pin):
+        # Measured on the clock, not by counting polls: a slow loop must not turn a 2 s hold
+        # into a short press.
+        t0 = self.clock.ticks_ms()
         held = 0.0
         while pin.value() == 0 and held < _MAX_HOLD_S:
             await self.clock.sleep(_POLL_S)
-            held += _POLL_S
+            held = (self.clock.ticks_ms() - t0) / 1000
         return held
 
     async def next_press(self):
@@ -54,6 +57,6 @@ class Buttons:
                     return "stuck"
                 return "prn" if held >= LONG_S else "taken"
             if self.service_pin.value() == 0:
-                await self._held_for(self.service_pin)
+                held = await self._held_for(self.service_pin)
                 self.presses += 1
-                return "service"
+                return "stuck" if held >= _MAX_HOLD_S else "service"

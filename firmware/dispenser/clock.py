@@ -12,6 +12,32 @@ stepped only through `set`, which wakes every waiter (`changed`) so the dose tas
 import asyncio
 import time
 
+try:
+    from time import ticks_add, ticks_diff, ticks_ms  # pyright: ignore[reportAssignmentType]
+except ImportError:  # CPython (host tests): a monotonic millisecond count that never wraps
+
+    def ticks_ms():
+        return time.monotonic_ns() // 1000000  # type: ignore[attr-defined]
+
+    def ticks_add(t, delta):
+        return t + delta
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+def _sleep_ms_cpython(ms):
+    return asyncio.sleep(ms / 1000)
+
+
+def _wait_for_ms_cpython(aw, ms):
+    return asyncio.wait_for(aw, ms / 1000)
+
+
+# MicroPython's asyncio has sleep_ms and wait_for_ms; CPython's (host tests) does not.
+_sleep_ms = getattr(asyncio, "sleep_ms", None) or _sleep_ms_cpython
+_wait_for_ms = getattr(asyncio, "wait_for_ms", None) or _wait_for_ms_cpython
+
 _DAY_MS = 86400000
 
 
@@ -27,10 +53,10 @@ class Clock:
         self.steps = 0
 
     def ticks_ms(self):
-        return time.ticks_ms()
+        return ticks_ms()
 
     def _elapsed_ms(self):
-        return time.ticks_diff(self.ticks_ms(), self._t0)
+        return ticks_diff(self.ticks_ms(), self._t0)
 
     def _rebase(self):
         d = self._elapsed_ms()
@@ -39,7 +65,7 @@ class Clock:
             s = (d + self._ms0) // 1000
             self._utc0 += s
             self._ms0 = d + self._ms0 - s * 1000
-            self._t0 = time.ticks_add(self._t0, d)
+            self._t0 = ticks_add(self._t0, d)
 
     def valid(self):
         return self._utc0 is not None
@@ -83,13 +109,13 @@ class Clock:
         if ms <= 0:
             return event.is_set()
         try:
-            await asyncio.wait_for_ms(event.wait(), ms)  # type: ignore[attr-defined]
+            await _wait_for_ms(event.wait(), ms)
             return True
         except asyncio.TimeoutError:
             return False
 
     async def sleep(self, seconds):
-        await asyncio.sleep_ms(int(seconds * 1000))  # type: ignore[attr-defined]
+        await _sleep_ms(int(seconds * 1000))
 
 
 class _Waiter:
@@ -112,7 +138,7 @@ class SimClock(Clock):
     def __init__(self, utc=None, speed=0, source="sim"):
         self.speed = speed
         self._vms = 0  # virtual milliseconds since start (warp mode)
-        self._real0 = time.ticks_ms()
+        self._real0 = ticks_ms()
         self._waiters = []
         self._tasks = 0
         self.running = True
@@ -121,7 +147,7 @@ class SimClock(Clock):
     def ticks_ms(self):
         if self.speed == 0:
             return self._vms
-        return int(time.ticks_diff(time.ticks_ms(), self._real0) * self.speed)
+        return int(ticks_diff(ticks_ms(), self._real0) * self.speed)
 
     def _elapsed_ms(self):
         return self.ticks_ms() - self._t0  # type: ignore  # virtual ticks: plain ints, no wrap
@@ -156,7 +182,9 @@ class SimClock(Clock):
     async def wait(self, event, seconds=None):
         if self.speed != 0:
             if seconds is not None:
-                seconds = seconds / self.speed
+                # At least 1 real ms: a shorter wait would return at once, without letting
+                # virtual time pass or any other task run.
+                seconds = max(0.001, seconds / self.speed)
             return await Clock.wait(self, event, seconds)
         if event.is_set():
             return True
@@ -177,7 +205,7 @@ class SimClock(Clock):
         while self.running:
             idle = 0
             while idle < idle_yields:
-                await asyncio.sleep_ms(0)  # type: ignore[attr-defined]
+                await _sleep_ms(0)
                 busy = self._tasks - self._poke()
                 idle = idle + 1 if busy <= 0 else 0
             nxt = None

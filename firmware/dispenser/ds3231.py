@@ -41,6 +41,11 @@ class DS3231:
             return None
         b = self._buf
         self.i2c.readfrom_mem_into(self.addr, _REG_TIME, b)
+        if b[2] & 0x40:
+            return None  # 12-hour mode: never set by this firmware, so not trusted
+        for i in (0, 1, 2, 4, 5, 6):
+            if (b[i] & 0x0F) > 9:
+                return None  # not BCD: a glitch on the bus or a chip in a bad state
         s, mi, h = _bcd(b[0] & 0x7F), _bcd(b[1] & 0x7F), _bcd(b[2] & 0x3F)
         d, mo = _bcd(b[4] & 0x3F), _bcd(b[5] & 0x1F)
         y = 2000 + _bcd(b[6]) + (100 if b[5] & 0x80 else 0)
