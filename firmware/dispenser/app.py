@@ -21,6 +21,18 @@ from dosiscore import civil, doses, planner, timesrc, tz
 
 _IRQ_RISING = 1  # machine.Pin.IRQ_RISING on the ESP32 (and on the simulated pins)
 _PRN_SHOW_S = 15  # how long the answer to an as-needed request stays on the screen
+_STATE_KINDS = (
+    "taken",
+    "missed",
+    "skipped",
+    "notify",
+    "filled",
+    "mode",
+    "prn",
+    "available",
+    "refill",
+    "empty",
+)
 _TAKEN_SHOW_S = 60
 _SAVE_SEEN_S = 900  # at most 4 state writes an hour while nothing happens
 _HEALTH_S = 10
@@ -93,7 +105,9 @@ class App:
         changed = False
         for kind, occ, detail in events:
             self.emit(kind, occ, detail)
-            changed = True
+            # Only what changes the stored dose state costs a flash write (wear budget:
+            # at most 100 syncs an hour); "louder" and the like are derived from the time.
+            changed = changed or kind in _STATE_KINDS
             if kind in ("taken", "missed") and occ is not None:
                 # What just happened stays on the screen: "taken" for a minute, "missed"
                 # until the next dose opens or someone presses the button.
@@ -107,6 +121,7 @@ class App:
         if changed:
             self.store.save("doses.json", self.doses.state())
             self._saved_at = self.doses.last_seen or 0
+        if events:
             self.disp_wake.set()
 
     def fault(self, code, detail):
