@@ -80,6 +80,7 @@ class App:
         self.prn_answer = None  # (allowed, at, until)
         self.notice = None  # ("taken" | "missed", data, until): what just happened
         self.last_screen = ("idle", {})
+        self.log = None  # the dose log (set by runtime.start)
         self.service = False
         self.alive = {}  # task name -> clock ticks of its last check-in
         self.dead = []  # names of tasks that ended with an exception
@@ -400,6 +401,8 @@ class App:
                 except OSError as e:  # the panel or its bus: show nothing, keep reminding
                     self.fault("E8", "display %s" % e)
             self.last_screen = (name, data)
+            if self.log is not None:
+                self.log.service()  # an idle point: deferred log records reach the flash
             # Redraw at the next minute (the clock) or when something changes.
             wait = 60
             if self.clock.valid():

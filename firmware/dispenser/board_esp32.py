@@ -90,6 +90,12 @@ class Board:
 
         return WDT(timeout=ms)
 
+    def fs(self):
+        """The littlefs flash root, through the interface the dose log uses."""
+        from dispenser.doselog import OsFS
+
+        return OsFS("")
+
     def nvs(self):
         """The ESP32's NVS namespace for Dosis: survives a filesystem that will not mount."""
         import esp32

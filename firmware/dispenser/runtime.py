@@ -8,6 +8,7 @@ import gc
 
 from dispenser.app import App
 from dispenser.ds3231 import DS3231
+from dispenser.eventlog import LogSink
 
 SCHEDULE = "schedule.json"
 
@@ -94,6 +95,19 @@ def nvs_schedule(board, emit):
         return None
 
 
+def open_log(board, utc):
+    """The dose log on the board's flash, recovered (torn tail cut, corrupt segment set aside:
+    each reported in the log itself). None if it cannot be opened at all: dispensing goes on."""
+    from dispenser.doselog import DoseLog
+
+    try:
+        log = DoseLog(board.fs(), "log", ticks_ms=board.clock.ticks_ms)
+        log.recover(utc or 0)
+        return log
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class MemStore:
     """A store in RAM: the degraded mode when the filesystem cannot be used."""
 
@@ -118,18 +132,27 @@ def start(board, store, emit):
     Never hangs and never gives up while any schedule exists: a filesystem that cannot be
     used (or a schedule file that is gone or corrupt) falls back to the copy in NVS, with a
     fault shown and reported (E9)."""
-    emit("boot", None, board.name)
     utc = read_rtc(board, emit)
     if utc is not None:
         board.clock.set(utc, "rtc")
         board.clock.changed.clear()
     degraded = None
+    log = None
     if not store.usable():
         degraded = "filesystem unusable"
         store = MemStore()
-        doc = None
     else:
-        doc = load_schedule(store, emit)
+        log = open_log(board, utc)
+    sink = LogSink(log, board.clock) if log is not None else None
+    user_emit = emit
+
+    def emit(kind, occ, detail):  # every event goes to the dose log, then to the links
+        if sink is not None:
+            sink(kind, occ, detail)
+        user_emit(kind, occ, detail)
+
+    emit("boot", None, board.name)
+    doc = None if degraded else load_schedule(store, emit)
     if doc is None:
         doc = nvs_schedule(board, emit)
         if doc is not None:
@@ -140,7 +163,10 @@ def start(board, store, emit):
     gc.collect()
     if doc is None:
         return None
+    if sink is not None:
+        sink.set_schedule(doc)
     app = App(board, doc, store, emit)
+    app.log = log
     if degraded:
         app.fault("E9", degraded + ": reminding from the NVS copy")
     app.start()

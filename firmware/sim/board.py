@@ -203,6 +203,7 @@ class SimBoard:
         self.mains = simhw.SimPin(1)
         self.battery_level_mv = 4100
         self.wdt = None
+        self._fs = None
         self.display = None
         try:
             from dispenser.screens import Display
@@ -252,6 +253,15 @@ class SimBoard:
 
     def nvs(self):
         return FakeNVS(self.state_dir + "/sim-nvs.json")
+
+    def fs(self):
+        """The flash, with littlefs's power-loss semantics (see sim.simfs)."""
+        if self._fs is None:
+            from sim.simfs import SimFS
+
+            self._fs = SimFS(self.state_dir)
+            self._fs.mkdir("log")
+        return self._fs
 
     # -- injections -----------------------------------------------------------------------
 
