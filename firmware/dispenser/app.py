@@ -53,7 +53,7 @@ FAULT_KEYS = {
 
 
 class App:
-    def __init__(self, board, doc, store, emit, lang=None, state=None):
+    def __init__(self, board, doc, store, emit, lang=None, state=None, log=None):
         self.board = board
         self.clock = board.clock
         self.store = store
@@ -80,7 +80,7 @@ class App:
         self.prn_answer = None  # (allowed, at, until)
         self.notice = None  # ("taken" | "missed", data, until): what just happened
         self.last_screen = ("idle", {})
-        self.log = None  # the dose log (set by runtime.start)
+        self.log = log  # the dose log (None in degraded mode)
         self.service = False
         self.alive = {}  # task name -> clock ticks of its last check-in
         self.dead = []  # names of tasks that ended with an exception

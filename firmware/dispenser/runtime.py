@@ -126,13 +126,21 @@ class MemStore:
         return False
 
 
-def start(board, store, emit):
+def start(board, store, user_emit):
     """Set the clock, load the schedule, create the app's tasks. Returns the App or None.
 
     Never hangs and never gives up while any schedule exists: a filesystem that cannot be
     used (or a schedule file that is gone or corrupt) falls back to the copy in NVS, with a
     fault shown and reported (E9)."""
-    utc = read_rtc(board, emit)
+    sinks = []  # the dose log's sink, once the log is open
+
+    def emit(kind, occ, detail):  # every event goes to the dose log, then to the links
+        for sink in sinks:
+            sink(kind, occ, detail)
+        user_emit(kind, occ, detail)
+
+    early = []  # what happens before the log is open is logged right after it opens
+    utc = read_rtc(board, lambda k, o, d: early.append((k, o, d)))
     if utc is not None:
         board.clock.set(utc, "rtc")
         board.clock.changed.clear()
@@ -143,15 +151,11 @@ def start(board, store, emit):
         store = MemStore()
     else:
         log = open_log(board, utc)
-    sink = LogSink(log, board.clock) if log is not None else None
-    user_emit = emit
-
-    def emit(kind, occ, detail):  # every event goes to the dose log, then to the links
-        if sink is not None:
-            sink(kind, occ, detail)
-        user_emit(kind, occ, detail)
-
+    if log is not None:
+        sinks.append(LogSink(log, board.clock))
     emit("boot", None, board.name)
+    for k, o, d in early:
+        emit(k, o, d)
     doc = None if degraded else load_schedule(store, emit)
     if doc is None:
         doc = nvs_schedule(board, emit)
@@ -163,10 +167,9 @@ def start(board, store, emit):
     gc.collect()
     if doc is None:
         return None
-    if sink is not None:
+    for sink in sinks:
         sink.set_schedule(doc)
-    app = App(board, doc, store, emit)
-    app.log = log
+    app = App(board, doc, store, emit, log=log)
     if degraded:
         app.fault("E9", degraded + ": reminding from the NVS copy")
     app.start()
