@@ -108,6 +108,44 @@ def open_log(board, utc):
         return None
 
 
+_REPLAY = 1500  # records read back at boot: more than a week at 50 events a day
+_CHUNK = 40
+
+
+def replay_terminal(log, machine, doc):
+    """Feed the terminal records of the log's recent past into the dose state machine (in
+    small chunks: no big list on the heap). Returns how many were new to the stored state."""
+    from dosiscore import logrec
+
+    from dosiscore import schedule
+
+    ids = [d["id"] for d in doc["dose"]]
+    # Dose indexes in a record belong to the schedule in force when it was written: records
+    # written under another schedule (a SCHEDULE record with another hash) are not replayed.
+    mine = logrec.hash_prefix(schedule.content_hash(doc))
+    ours = True
+    st = log.stats()
+    seq = max(st["first"] or 1, st["durable"] - _REPLAY + 1)
+    new = 0
+    terminal = {logrec.TAKEN: "taken", logrec.MISSED: "missed", logrec.SKIPPED: "skipped"}
+    while seq <= st["durable"]:
+        recs = log.read(seq, _CHUNK)
+        if not recs:
+            break
+        for r in recs:
+            if r is None:
+                continue
+            seq = r[0] + 1
+            if r[2] == logrec.SCHEDULE and r[5]:
+                ours = r[5] == mine
+            state = terminal.get(r[2]) if ours else None
+            dose = r[4]
+            if state is not None and dose is not None and dose < len(ids) and r[3]:
+                if machine.merge_terminal(r[3], ids[dose], state, "log", r[1]):
+                    new += 1
+    return new
+
+
 class MemStore:
     """A store in RAM: the degraded mode when the filesystem cannot be used."""
 
@@ -170,6 +208,10 @@ def start(board, store, user_emit):
     for sink in sinks:
         sink.set_schedule(doc)
     app = App(board, doc, store, emit, log=log)
+    if log is not None:
+        n = replay_terminal(log, app.doses, doc)
+        if n:
+            emit("replayed", None, n)
     if degraded:
         app.fault("E9", degraded + ": reminding from the NVS copy")
     app.start()

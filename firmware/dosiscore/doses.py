@@ -87,6 +87,20 @@ class Doses:
             "refill_said": self.refill_said,
         }
 
+    def merge_terminal(self, t, dose_id, state, reason, at):
+        """A terminal state found in the dose log (the authoritative journal). The stored
+        state may be older than the log, or lost: whatever the log says happened stands, so a
+        dose taken just before a power cut is never offered again. Returns True if new."""
+        if dose_id not in self.by_id:
+            return False
+        key = occ_key(t, dose_id)
+        if key in self.facts:
+            return False
+        self.facts[key] = [state, reason, at]
+        if self.hwm is None or t > self.hwm:
+            self.hwm = t
+        return True
+
     # -- queries -------------------------------------------------------------------------------
 
     def dose(self, dose_id):

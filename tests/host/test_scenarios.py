@@ -347,3 +347,16 @@ def test_schedule_file_lost_reminds_from_the_nvs_copy(tmp_path, example):
     assert any(e[3].startswith("E9") for e in r.find("fault")), r.events
     assert r.find("schedule")[-1][3] == "from NVS"
     assert r.at("taken", "morgen") == "08:05"
+
+
+def test_a_lost_dose_state_is_rebuilt_from_the_log(tmp_path, example):
+    # The morning dose is taken; then the stored dose state is lost (flash trouble): at the
+    # next boot the log's TAKEN record still keeps the dose from being offered again.
+    r1 = scenario(tmp_path, example, DAY.replace("13:00", "08:10") + "08:03 press")
+    assert r1.at("taken", "morgen") == "08:03"
+    (tmp_path / "state" / "doses.json").unlink()
+    r2 = scenario(tmp_path, example, "start 2026-11-23 08:20\nend 2026-11-23 12:10")
+    assert r2.find("replayed")
+    assert not r2.find("due", "morgen") and not r2.find("available", "morgen")
+    assert not r2.find("missed", "morgen")
+    assert r2.at("due", "middag") == "12:00"
