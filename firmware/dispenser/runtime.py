@@ -115,9 +115,7 @@ _CHUNK = 40
 def replay_terminal(log, machine, doc):
     """Feed the terminal records of the log's recent past into the dose state machine (in
     small chunks: no big list on the heap). Returns how many were new to the stored state."""
-    from dosiscore import logrec
-
-    from dosiscore import schedule
+    from dosiscore import logrec, schedule
 
     ids = [d["id"] for d in doc["dose"]]
     # Dose indexes in a record belong to the schedule in force when it was written: records
