@@ -30,6 +30,7 @@ _SIMPLE = {
     "no_schedule": R.NO_SCHEDULE,
     "clock_held": R.CLOCK_HELD,
     "fault_cleared": R.FAULT_CLEARED,
+    "settings_fallback": R.SETTINGS_FALLBACK,
 }
 _SKIP = ("cut", "screen", "jam", "carousel_fault", "nvs_copy")
 

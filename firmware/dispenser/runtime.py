@@ -9,8 +9,9 @@ import gc
 from dispenser.app import App
 from dispenser.ds3231 import DS3231
 from dispenser.eventlog import LogSink
+from dispenser.settings import ABStore
 
-SCHEDULE = "schedule.json"
+SCHEDULE = "schedule"  # schedule.a / schedule.b: see dispenser.settings
 
 
 def read_rtc(board, emit):
@@ -26,7 +27,10 @@ def read_rtc(board, emit):
 
 
 def load_schedule(store, emit):
-    doc = store.load(SCHEDULE)
+    ab = ABStore(store.root)
+    doc = ab.load(SCHEDULE)
+    if ab.fallbacks:
+        emit("settings_fallback", None, "schedule")
     if doc is None:
         emit("no_schedule", None, "")
         return None

@@ -27,6 +27,7 @@ import os
 import sys
 
 from dispenser import runtime
+from dispenser.settings import ABStore
 from dispenser.store import Store
 from dosiscore import civil, tz
 from sim.board import PowerCut, SimBoard
@@ -98,10 +99,11 @@ def run(script_path, state_dir):
     start = _parse_when(head["start"], start_day, zone)
     end = _parse_when(head["end"], start_day, zone)
     store = Store(state_dir)
+    ab = ABStore(state_dir)
     try:
-        os.stat(store.path(runtime.SCHEDULE))
+        os.stat(ab.path(runtime.SCHEDULE, "a"))
     except OSError:  # first boot of this state dir: provision it (a corrupt one stays corrupt)
-        store.save(runtime.SCHEDULE, doc)
+        ab.save(runtime.SCHEDULE, doc)
     board = SimBoard(state_dir, start, rtc_lost="rtc_lost" in head)
     clock = board.clock
 

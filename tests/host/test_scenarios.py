@@ -280,6 +280,26 @@ def test_mains_and_battery(tmp_path, example):
     assert r.find("fault_cleared")
 
 
+def test_damaged_newest_schedule_copy_falls_back_to_the_previous(tmp_path, example):
+    scenario(tmp_path, example, "start 2026-11-23 06:00\nend 2026-11-23 06:10\nfill")
+    a = tmp_path / "state" / "schedule.a"
+    good = a.read_bytes()
+    # a second save (as a schedule update would) goes to copy B, generation 1
+    body = good[: good.rindex(b"\n")]
+    import zlib
+
+    (tmp_path / "state" / "schedule.b").write_bytes(body + b"\n1 %08x" % zlib.crc32(body))
+    r = scenario(tmp_path, example, "start 2026-11-23 06:20\nend 2026-11-23 06:30")
+    assert not r.find("settings_fallback")
+    # now B (the newest) is damaged: A, the previous good copy, is used and it is logged
+    data = bytearray((tmp_path / "state" / "schedule.b").read_bytes())
+    data[10] ^= 0x01
+    (tmp_path / "state" / "schedule.b").write_bytes(bytes(data))
+    r = scenario(tmp_path, example, "start 2026-11-23 06:40\nend 2026-11-23 08:10")
+    assert r.find("settings_fallback")
+    assert r.at("due", "morgen") == "08:00"
+
+
 def test_state_is_json_on_flash(tmp_path, example):
     scenario(tmp_path, example, DAY + "08:03 press")
     state = json.loads((tmp_path / "state" / "doses.json").read_text())
@@ -341,7 +361,8 @@ def test_schedule_file_lost_reminds_from_the_nvs_copy(tmp_path, example):
     scenario(tmp_path, example, "start 2026-11-23 06:00\nend 2026-11-23 07:00\nfill")
     nvs = json.loads((tmp_path / "state" / "sim-nvs.json").read_text())
     assert nvs["schedlen"] == len(example.read_bytes())
-    (tmp_path / "state" / "schedule.json").write_text("{torn")  # flash corruption
+    for slot in ("a", "b"):  # flash corruption of every copy on the filesystem
+        (tmp_path / "state" / f"schedule.{slot}").write_text("{torn")
     # the runner re-provisions a missing schedule file only; a corrupt one stays corrupt
     r = scenario(tmp_path, example, "start 2026-11-23 07:10\nend 2026-11-23 08:30\n08:05 press")
     assert any(e[3].startswith("E9") for e in r.find("fault")), r.events
