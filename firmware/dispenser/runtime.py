@@ -27,7 +27,7 @@ def read_rtc(board, emit):
 
 
 def load_schedule(store, emit):
-    ab = ABStore(store.root)
+    ab = ABStore(store.root, store.fs)
     doc = ab.load(SCHEDULE)
     if ab.fallbacks:
         emit("settings_fallback", None, "schedule")
@@ -150,6 +150,9 @@ def replay_terminal(log, machine, doc):
 
 class MemStore:
     """A store in RAM: the degraded mode when the filesystem cannot be used."""
+
+    root = ""
+    fs = None
 
     def __init__(self):
         self.data = {}

@@ -16,8 +16,9 @@ from dosiscore.logrec import crc32
 
 
 class ABStore:
-    def __init__(self, root=""):
+    def __init__(self, root="", fs=None):
         self.root = root
+        self.fs = fs  # the simulator's power-loss flash (paths relative to it), or None
         self.writes = 0
         self.fallbacks = []  # names whose newest copy was damaged and the older one was used
 
@@ -25,10 +26,15 @@ class ABStore:
         p = "%s.%s" % (name, slot)
         return (self.root + "/" + p) if self.root else p
 
+    def _open(self, name, slot, suffix, mode):
+        if self.fs is not None:
+            return self.fs.open("%s.%s%s" % (name, slot, suffix), mode)
+        return open(self.path(name, slot) + suffix, mode)
+
     def _read(self, name, slot):
         """(generation, object) of one copy; None if absent; False if present but damaged."""
         try:
-            with open(self.path(name, slot), "rb") as f:
+            with self._open(name, slot, "", "rb") as f:
                 raw = f.read()
         except OSError:
             return None
@@ -63,11 +69,13 @@ class ABStore:
         slot = "b" if ga > gb else "a"  # overwrite the older (or damaged) copy
         body = json.dumps(obj).encode()
         data = body + b"\n%d %08x" % (max(ga, gb) + 1, crc32(body))
-        p = self.path(name, slot)
-        tmp = p + ".tmp"
-        with open(tmp, "wb") as f:
+        with self._open(name, slot, ".tmp", "wb") as f:
             f.write(data)
-        os.rename(tmp, p)
+        if self.fs is not None:
+            self.fs.rename("%s.%s.tmp" % (name, slot), "%s.%s" % (name, slot))
+        else:
+            p = self.path(name, slot)
+            os.rename(p + ".tmp", p)
         self.writes += 1
 
     def usable(self):

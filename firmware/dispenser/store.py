@@ -10,9 +10,23 @@ import os
 
 
 class Store:
-    def __init__(self, root=""):
+    def __init__(self, root="", fs=None):
         self.root = root
+        # `fs` takes paths relative to its own root (the simulator's power-loss flash); the
+        # built-in one takes them as they are.
+        self.fs = fs
         self.writes = 0  # counted: flash wear is a budget (≤ 100 syncs an hour)
+
+    def _open(self, name, mode):
+        if self.fs is not None:
+            return self.fs.open(name, mode)
+        return open(self.path(name), mode)
+
+    def _rename(self, a, b):
+        if self.fs is not None:
+            self.fs.rename(a, b)
+        else:
+            os.rename(self.path(a), self.path(b))
 
     def usable(self):
         """True if a file can be written, read back and removed here (a boot-time probe)."""
@@ -32,17 +46,16 @@ class Store:
 
     def load(self, name):
         try:
-            with open(self.path(name)) as f:
-                return json.load(f)
+            with self._open(name, "r") as f:
+                return json.loads(f.read())
         except (OSError, ValueError):
             return None
 
     def save(self, name, obj):
-        p = self.path(name)
-        tmp = p + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(obj, f)
-        os.rename(tmp, p)  # atomic on littlefs and POSIX: the old or the new, never a mix
+        tmp = name + ".tmp"
+        with self._open(tmp, "w") as f:
+            f.write(json.dumps(obj))
+        self._rename(tmp, name)  # atomic on littlefs and POSIX: the old or the new, never a mix
         self.writes += 1
 
 
