@@ -81,6 +81,7 @@ class App:
         self.notice = None  # ("taken" | "missed", data, until): what just happened
         self.last_screen = ("idle", {})
         self.log = log  # the dose log (None in degraded mode)
+        self.log_lost = [0]  # records the log could not take (heap); set by runtime.start
         self.service = False
         self.alive = {}  # task name -> clock ticks of its last check-in
         self.dead = []  # names of tasks that ended with an exception
@@ -177,7 +178,13 @@ class App:
                 continue
             self.clear_fault("E3")
             now = self.clock.now()
-            self._events(self.doses.update(now))
+            events = self.doses.update(now)
+            if events:
+                # Light and tone first, then the flash writes (log, state): on the device a
+                # littlefs sync can take tens of ms, and the citizen must not wait for it.
+                self._apply_view()
+                await self.clock.sleep(0)
+            self._events(events)
             if now - self._saved_at > _SAVE_SEEN_S or now < self._saved_at:
                 # Keep "last seen" fresh on flash, so a later boot can tell a dose missed
                 # while the device was off ("unseen") from one it showed ("late").

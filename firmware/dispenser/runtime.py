@@ -179,8 +179,13 @@ def start(board, store, user_emit):
 
     def emit(kind, occ, detail):  # every event goes to the dose log, then to the links
         for sink in sinks:
-            sink(kind, occ, detail)
+            try:
+                sink(kind, occ, detail)
+            except MemoryError:  # a fragmented heap may refuse the log: never the dose loop
+                lost[0] += 1
         user_emit(kind, occ, detail)
+
+    lost = [0]
 
     early = []  # what happens before the log is open is logged right after it opens
     utc = read_rtc(board, lambda k, o, d: early.append((k, o, d)))
@@ -213,11 +218,25 @@ def start(board, store, user_emit):
     for sink in sinks:
         sink.set_schedule(doc)
     app = App(board, doc, store, emit, log=log)
+    app.log_lost = lost
     if log is not None:
         n = replay_terminal(log, app.doses, doc)
         if n:
             emit("replayed", None, n)
     if degraded:
         app.fault("E9", degraded + ": reminding from the NVS copy")
+    _release_validator()
     app.start()
     return app
+
+
+def _release_validator():
+    """The validator (about 20 KB of heap) is only needed when a schedule arrives: drop it."""
+    import sys
+
+    sys.modules.pop("dosiscore.schedule", None)
+    import dosiscore
+
+    if hasattr(dosiscore, "schedule"):
+        delattr(dosiscore, "schedule")
+    gc.collect()
