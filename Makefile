@@ -25,13 +25,17 @@ MICROPYPATH_TEST := $(MICROPYPATH_FW):$(CURDIR)/tests/fw
 # pyright-python would otherwise ask PyPI for its latest version on every run.
 export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
 
-.PHONY: help setup demo test lint typecheck mpy pytest mptest bench clean
+.PHONY: help setup demo test lint typecheck mpy pytest mptest bench bench-firmware campaign clean
 
 help:
 	@echo "make setup      create $(VENV) and install dosis with the test extra"
 	@echo "make demo       validate and show examples/schedule.toml, then a day on the virtual dispenser"
 	@echo "make test       lint, typecheck, mpy, pytest, mptest (in that order)"
 	@echo "make bench      run bench/bench_planner.py on the micropython unix port"
+	@echo "make bench-firmware  the firmware on the simulated board: latency, loop holds, heap,"
+	@echo "                idle CPU, .mpy sizes, flash writes (a few minutes; bench/RESULTS.md)"
+	@echo "make campaign   power-cut campaign: $(CAMPAIGN_CUTS) SIGKILLs of the firmware on the simulated"
+	@echo "                board, invariants checked after each (about 20 minutes; bench/RESULTS.md)"
 	@echo "make clean      remove $(VENV), $(BUILD)/ and caches"
 
 $(STAMP): pyproject.toml
@@ -95,6 +99,21 @@ bench: $(STAMP) mpy
 	MICROPYPATH=$(MICROPYPATH_FW) $(BIN)/micropython bench/bench_planner.py
 	@echo "== cpython"
 	PYTHONPATH=firmware $(BIN)/python bench/bench_planner.py
+
+# The whole firmware on the simulated board, in micropython subprocesses (bench/mp_*.py, compiled
+# to build/bench-mpy/); one line per figure. Takes about 5 minutes; see bench/RESULTS.md.
+bench-firmware: $(STAMP) mpy
+	$(BIN)/python bench/bench_firmware.py
+
+# The power-cut campaign (tests/campaign.py; `make test` runs a 100-cut one): the firmware on
+# the simulated board killed with SIGKILL at random instants and restarted, the flash checked
+# after every cut. Jobs run independent campaigns (seeds SEED, SEED+1, ...) side by side.
+CAMPAIGN_CUTS ?= 1600
+CAMPAIGN_JOBS ?= 2
+CAMPAIGN_SEED ?= 1
+campaign: $(STAMP)
+	$(BIN)/python tests/campaign.py --cuts $(CAMPAIGN_CUTS) --jobs $(CAMPAIGN_JOBS) \
+	    --seed $(CAMPAIGN_SEED) --state $(BUILD)/campaign --json $(BUILD)/campaign.json
 
 clean:
 	rm -rf $(VENV) $(BUILD) .pytest_cache .ruff_cache .hypothesis *.egg-info \

@@ -33,6 +33,7 @@ _STATE_KINDS = (
     "refill",
     "empty",
 )
+_TERMINAL = (doses.TAKEN, doses.MISSED, doses.SKIPPED)
 _TAKEN_SHOW_S = 60
 _SAVE_SEEN_S = 900  # at most 4 state writes an hour while nothing happens
 _HEALTH_S = 10
@@ -183,7 +184,12 @@ class App:
                 # Light and tone first, then the flash writes (log, state): on the device a
                 # littlefs sync can take tens of ms, and the citizen must not wait for it.
                 self._apply_view()
+                active = self.doses.active
                 await self.clock.sleep(0)
+                if active is not None and self.doses.active != active:
+                    # The button or the beam ended it meanwhile (its "taken" is logged
+                    # already): what update() said about it (available, due...) is stale.
+                    events = [e for e in events if e[1] != active or e[0] in _TERMINAL]
             self._events(events)
             if now - self._saved_at > _SAVE_SEEN_S or now < self._saved_at:
                 # Keep "last seen" fresh on flash, so a later boot can tell a dose missed

@@ -135,8 +135,12 @@ class SimMotor:
         self.pos = start_pos  # absolute half-steps, never reduced: angle() reduces it
         self.phase = 0  # rotor electrical position 0..7 (a fresh Stepper starts at 0 too)
         self.bits = 0
-        self.coils = (_Coil(self, 1, False), _Coil(self, 2, False), _Coil(self, 4, False))
-        self.coils += (_Coil(self, 8, True),)
+        self.coils = (
+            _Coil(self, 1, False),
+            _Coil(self, 2, False),
+            _Coil(self, 4, False),
+            _Coil(self, 8, True),
+        )
         self.steps = 0
         self.back = 0
         self.misses = 0

@@ -621,15 +621,21 @@ def _validate(c, doc):
 
 
 def _enc_str(s, parts):
+    # Runs of plain characters go in as one slice: one list entry per character would make
+    # `parts` (8 bytes an entry) need a 16 KB block for a typical schedule, which a fragmented
+    # heap may not have (the power-cut campaign hit MemoryError here on the unix port).
     parts.append('"')
+    start = i = 0
     for ch in s:
         o = ord(ch)
-        if ch == '"' or ch == "\\":
-            parts.append("\\" + ch)
-        elif o < 32 or o == 127:
-            parts.append("\\u%04x" % o)
-        else:
-            parts.append(ch)
+        if ch == '"' or ch == "\\" or o < 32 or o == 127:
+            if i > start:
+                parts.append(s[start:i])
+            parts.append("\\" + ch if o >= 32 and o != 127 else "\\u%04x" % o)
+            start = i + 1
+        i += 1
+    if start < i:
+        parts.append(s[start:] if start else s)
     parts.append('"')
 
 

@@ -9,6 +9,7 @@ directory) keeps exactly what the firmware had written.
 
 import asyncio
 import json
+import os
 
 from dispenser import simhw
 from dispenser.clock import SimClock
@@ -133,6 +134,30 @@ class _CutWatch:
         return self.pin.value(v)
 
 
+class _ReleaseWatch:
+    """Wraps coil IN4, the one the motor samples the pattern at: when a run of energised
+    patterns ends (the coils released: the move is over), the board writes the rotor's
+    position to its world file. A SIGKILL never runs `save_world()`, so without this the next
+    process would put the rotor back where the last clean stop left it, and a journal that
+    says "at slot S" would disagree with the physics for a reason the device cannot have.
+    A kill during a move leaves the position of that move's start: as if the power went just
+    before the first step (the journal says "moving" then, or still the old "at")."""
+
+    def __init__(self, pin, board):
+        self.pin = pin
+        self.board = board
+        self.on = False
+
+    def value(self, v=None):
+        r = self.pin.value(v)
+        if v is not None:
+            on = self.board.motor.bits != 0
+            if self.on and not on:
+                self.board.save_world()
+            self.on = on
+        return r
+
+
 class FakeNVS:
     """esp32.NVS on the simulator: blobs and integers in one JSON file, written on commit()."""
 
@@ -168,8 +193,6 @@ class FakeNVS:
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.data, f)
-        import os
-
         os.rename(tmp, self.path)
 
 
@@ -192,7 +215,8 @@ class SimBoard:
             for k, n in enumerate(saved.get("loaded", ())):
                 self.motor.loaded[k] = n  # and the pills stay in their compartments
         self._cut = _CutWatch(self.motor.coils[0], self)
-        self.coils = (self._cut,) + tuple(self.motor.coils[1:])
+        c = list(self.motor.coils)  # IN1..IN4
+        self.coils = (self._cut, c[1], c[2], _ReleaseWatch(c[3], self))
         self.home = self.motor.home
         self.beam = self.motor.beam
         self.btn_taken = simhw.SimPin(1)
@@ -224,11 +248,16 @@ class SimBoard:
             return None
 
     def save_world(self):
-        """Keep the physical state (the rotor) for the next process: not the firmware's data."""
+        """Keep the physical state (the rotor, the pills) for the next process: not the
+        firmware's data. Called at a clean stop, a scripted cut, every release of the coils
+        (the end of each move) and after the pills change (fill, take), so it survives a
+        SIGKILL too; written to a temp file and renamed, so a kill never tears it."""
         world = self.motor.state()
         world["loaded"] = list(self.motor.loaded)
-        with open(self._motor_file(), "w") as f:
+        path = self._motor_file()
+        with open(path + ".tmp", "w") as f:
             json.dump(world, f)
+        os.rename(path + ".tmp", path)
 
     def cut_after_steps(self, n, on_cut):
         """Arm a power cut `n` half-steps into the motor's future."""

@@ -17,8 +17,13 @@ Script lines (times are local, in the schedule's zone; "+Nd HH:MM" counts days f
     TIME screen [FILE.pbm]    print what the screen shows (and save it as an image)
     TIME cut                  power cut: stop at once, nothing more is written
     TIME cut-move             power cut in the middle of the next carousel move
+    TIME fill                 the nurse refilled the carousel (every compartment loaded)
+    TIME ack SEQ              the gateway has stored every log record up to SEQ (DoseLog.ack)
+    TIME schedule FILE.json   a new schedule arrives: validated, stored (temp + rename), then
+                              the device reboots to use it: the log is synced and the run
+                              stops ("END reboot"); the next run boots with it
 Output: one line per event: "EV local-time kind occurrence-id detail"; at the end "HW" lines
-with totals (beeps, moves, steps) and "END".
+with totals (beeps, moves, steps) and "END" ("END cut", "END reboot" when stopped early).
 """
 
 import asyncio
@@ -117,21 +122,22 @@ def run(script_path, state_dir):
     for n, a in enumerate(acts):
         when, what = _split_action(a)
         timeline.append((_parse_when(when, start_day, zone), n, what))
+        if what[0] == "schedule" and len(what) > 1:
+            what.append(_prepare_schedule(what[1]))
     # By time, then in script order (MicroPython's sort is not stable: the index decides).
     timeline.sort(key=lambda x: (x[0], x[1]))
 
     async def main():
         app = runtime.start(board, store, emit)
         if app is not None and "fill" in head:
-            app._events(app.doses.refilled(start))
-            board.motor.load(*range(1, app.doc["compartments"] + 1))
+            _fill(app, board, start)
         clock.register(9 if app is not None else 1)  # the app's tasks + this driver
         warp = asyncio.create_task(clock.run_warp())
-        cut = False
+        cut = None
         for t, _, what in timeline:
             await clock.sleep(max(0, t - _now()))
-            if not await _act(app, board, what, emit):
-                cut = True
+            cut = await _act(app, board, store, what, emit)
+            if cut:
                 break
         if not cut:
             await clock.sleep(max(0, end - _now()))
@@ -146,7 +152,7 @@ def run(script_path, state_dir):
             )
         clock.running = False
         warp.cancel()
-        print("END cut" if cut else "END")
+        print("END " + cut if cut else "END")
 
     def _now():
         return clock.now() if clock.valid() else start + clock.ticks_ms() // 1000
@@ -159,8 +165,15 @@ def run(script_path, state_dir):
     board.save_world()
 
 
-async def _act(app, board, what, emit):
-    """Apply one scripted action; False means: power cut, stop now."""
+def _fill(app, board, now):
+    # The nurse loads every compartment, then tells the device (which records the fill).
+    board.motor.load(*range(1, app.doc["compartments"] + 1))
+    board.save_world()
+    app._events(app.doses.refilled(now))
+
+
+async def _act(app, board, store, what, emit):
+    """Apply one scripted action; None goes on, "cut" or "reboot" stops the run now."""
     clock = board.clock
     verb = what[0]
     arg = what[1] if len(what) > 1 else ""
@@ -172,6 +185,15 @@ async def _act(app, board, what, emit):
         await board.press(board.btn_service, 0.3)
     elif verb == "take":
         board.motor.take()  # the citizen empties the open compartment: the beam clears
+        board.save_world()
+    elif verb == "fill" and app is not None:
+        _fill(app, board, clock.now())
+    elif verb == "ack" and app is not None:
+        # The gateway's acknowledgement (not logged: see dispenser.doselog).
+        if app.log is not None:
+            emit("ack", None, "%d -> %d" % (int(arg), app.log.ack(int(arg))))
+    elif verb == "schedule" and app is not None:
+        return _new_schedule(app, board, store, what[-1], emit)
     elif verb == "jam":
         board.motor.jam()
     elif verb == "unjam":
@@ -217,13 +239,45 @@ async def _act(app, board, what, emit):
     elif verb == "cut":
         emit("cut", None, "")
         board.save_world()
-        return False
+        return "cut"
     elif verb == "cut-move":
         # 30 half-steps into the next move (a compartment is 73 away): the journal says "moving".
         board.cut_after_steps(30, lambda: emit("cut", None, "mid-move"))
     else:
         raise ScriptError("unknown action: %s" % " ".join(what))
-    return True
+    return None
+
+
+def _prepare_schedule(path):
+    """Validate a schedule the script will deliver, before the firmware starts: (doc, hash)
+    or (None, why). The validator and the canonical encoding need a few KB in one piece, and
+    after a simulated day the unix port's heap has none to spare (the simulator's own logs
+    scatter small objects over it); this keeps the action about the save and the reboot."""
+    from dosiscore import schedule
+
+    with open(path) as f:
+        doc = json.load(f)
+    try:
+        doc = schedule.validate(doc)
+    except schedule.ScheduleError as e:
+        return None, str(e)
+    return doc, schedule.content_hash(doc)
+
+
+def _new_schedule(app, board, store, prepared, emit):
+    """A schedule delivered to the device: refused if invalid (the run goes on), else stored
+    atomically and the device reboots into it (the caller starts the next run)."""
+    doc, digest = prepared
+    if doc is None:
+        emit("schedule_refused", None, digest)
+        return None
+    emit("schedule_update", None, digest[:12])
+    ABStore(store.root, store.fs).save(runtime.SCHEDULE, doc)  # the old or the new, never a mix
+    if app.log is not None:
+        app.log.sync()  # a planned reboot loses nothing
+    board.save_world()
+    emit("reboot", None, "schedule")
+    return "reboot"
 
 
 if __name__ == "__main__":
