@@ -142,6 +142,14 @@ class SimClock(Clock):
         self._waiters = []
         self._tasks = 0
         self.running = True
+        # Paced warp (speed 0, pace > 0): virtual time follows real time times `pace`, moved
+        # on by run_warp() alone, so every timer still fires in order and the virtual
+        # dispenser can also be fast-forwarded (fast_forward()) without skipping any.
+        self.pace = 0
+        self._ff = None  # fast-forward target (virtual ms) while one runs
+        self._ff_done = None
+        self._a_real = ticks_ms()
+        self._a_vms = 0
         super().__init__(utc, source)
 
     def ticks_ms(self):
@@ -200,8 +208,44 @@ class SimClock(Clock):
     async def sleep(self, seconds):
         await self.wait(asyncio.Event(), seconds)
 
+    def _anchor(self):
+        self._a_real = ticks_ms()
+        self._a_vms = self._vms
+
+    async def fast_forward(self, seconds):
+        """Paced warp: let `seconds` of virtual time pass as fast as the tasks allow (every
+        timer fires, in order), then go on at the pace. Returns when done."""
+        self._ff = self._vms + int(seconds * 1000)
+        self._ff_done = asyncio.Event()
+        await self._ff_done.wait()
+
+    async def _pace(self, nxt):
+        """Paced warp: True to jump to `nxt` now, else wait (real time) and advance to where
+        real time times the pace says virtual time is."""
+        if self._ff is not None:
+            if nxt is not None and nxt <= self._ff:
+                return True
+            self._vms = max(self._vms, self._ff)
+            self._ff = None
+            self._anchor()
+            self._fire_due()
+            if self._ff_done is not None:
+                self._ff_done.set()
+            return False
+        ideal = self._a_vms + int(ticks_diff(ticks_ms(), self._a_real) * self.pace)
+        if nxt is not None and nxt <= ideal:
+            return True
+        if ideal > self._vms:
+            self._vms = ideal
+            self._fire_due()
+            return False
+        ms = 50 if nxt is None else max(1, min(50, int((nxt - ideal) / self.pace)))
+        await _sleep_ms(ms)
+        return False
+
     async def run_warp(self, until_ms=None, idle_yields=4):
         """The warp driver (a task): advance virtual time whenever every task waits."""
+        self._anchor()
         while self.running:
             idle = 0
             while idle < idle_yields:
@@ -214,6 +258,8 @@ class SimClock(Clock):
                     nxt = w.deadline
             if self._tasks - self._poke() > 0:
                 continue  # someone was woken meanwhile: let it run first
+            if self.pace and not await self._pace(nxt):
+                continue
             if nxt is None or (until_ms is not None and nxt > until_ms):
                 if until_ms is not None:
                     self._vms = max(self._vms, until_ms)

@@ -128,6 +128,18 @@ class LogSink:
                 rec = R.NVS_MODE
         elif kind == "boot":
             rec = R.BOOT
+        elif kind == "paired":
+            rec = R.PAIRED
+        elif kind == "auth_fail":
+            rec = R.AUTH_FAIL
+            small = R.code_of(R.AUTH_REASONS, text)
+        elif kind == "settings":
+            # "volume tone language": the three settings, packed into `small`
+            rec = R.SETTINGS
+            parts = text.split()
+            if len(parts) == 3:
+                small = int(parts[0]) | R.code_of(("normal", "low"), parts[1]) << 4
+                small |= R.code_of(("da", "en"), parts[2]) << 8
         else:
             self.skipped += 1
             return

@@ -169,21 +169,26 @@ class MemStore:
         return False
 
 
-def start(board, store, user_emit):
+def start(board, store, user_emit, link=None):
     """Set the clock, load the schedule, create the app's tasks. Returns the App or None.
 
     Never hangs and never gives up while any schedule exists: a filesystem that cannot be
     used (or a schedule file that is gone or corrupt) falls back to the copy in NVS, with a
-    fault shown and reported (E9)."""
+    fault shown and reported (E9). `link` (dispenser.link.Link), if given, is told about the
+    log, the schedule and the app, and hears every event (with its log sequence number)."""
     sinks = []  # the dose log's sink, once the log is open
 
     def emit(kind, occ, detail):  # every event goes to the dose log, then to the links
+        before = log.next_seq if log is not None else 0
         for sink in sinks:
             try:
                 sink(kind, occ, detail)
             except MemoryError:  # a fragmented heap may refuse the log: never the dose loop
                 lost[0] += 1
         user_emit(kind, occ, detail)
+        if link is not None:
+            seq = log.next_seq - 1 if log is not None and log.next_seq != before else None
+            link.on_event(kind, occ, detail, seq)
 
     lost = [0]
 
@@ -201,6 +206,9 @@ def start(board, store, user_emit):
         log = open_log(board, utc)
     if log is not None:
         sinks.append(LogSink(log, board.clock))
+    if link is not None:
+        link.log = log
+        link.emit_fn = emit
     emit("boot", None, board.name)
     for k, o, d in early:
         emit(k, o, d)
@@ -215,10 +223,22 @@ def start(board, store, user_emit):
     gc.collect()
     if doc is None:
         return None
+    if link is not None:
+        from dosiscore import schedule
+
+        link.sched_doc = doc
+        link.sched_hash = schedule.content_hash(doc)
     for sink in sinks:
         sink.set_schedule(doc)
     app = App(board, doc, store, emit, log=log)
     app.log_lost = lost
+    saved = store.load("settings.json")
+    if saved:
+        from dispenser.commands import apply_settings
+
+        apply_settings(app, saved)
+    if link is not None:
+        link.app = app
     if log is not None:
         n = replay_terminal(log, app.doses, doc)
         if n:

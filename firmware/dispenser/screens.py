@@ -306,6 +306,23 @@ class Display:
         self._ready = False
         self._screen = None
 
+    async def test_pattern(self, clock, seconds=1):
+        """The self-test: a chequerboard on every pixel for a moment, then the screen again."""
+        ssd = self._ssd
+        if not self._ready:
+            ssd.init()
+            self._ready = True
+        buf = ssd.buf
+        for i in range(len(buf)):
+            buf[i] = 0xAA if i & 1 else 0x55
+        try:
+            ssd.show()
+        except OSError:
+            self._ready = False
+            raise
+        await clock.sleep(seconds)
+        self._screen = None  # the next show() redraws
+
     def snapshot(self):
         """The frame buffer: 1024 bytes, MONO_VLSB (a byte is 8 rows of a column, bit 0 on top)."""
         return bytes(self._ssd.buf)

@@ -104,6 +104,10 @@ LOG_OVERFLOW = const(43)  # unacked records deleted to make room: occ = first se
 #                           last seq dropped, small = records dropped (capped at 0xFFFF)
 LOG_LOST = const(44)  # the newest segment vanished: detail = its first seq, occ = seqs skipped
 LOG_ERROR = const(45)  # small = where (ERR_*), detail = errno (0 if none)
+# The serial link (docs/protocol.md)
+PAIRED = const(46)  # a host paired (a new key; the old one no longer works). No secret here.
+AUTH_FAIL = const(47)  # a request refused: small = reason (AUTH_REASONS)
+SETTINGS = const(48)  # settings changed: small = volume | tone << 4 | language << 8
 
 NAMES = (
     "none",
@@ -152,6 +156,9 @@ NAMES = (
     "log_overflow",
     "log_lost",
     "log_error",
+    "paired",
+    "auth_fail",
+    "settings",
 )
 
 # Records whose durability can wait a little when the flash-sync budget runs low (they repeat,
@@ -178,6 +185,7 @@ BUTTONS = ("", "taken", "service", "prn")
 SOURCES = ("none", "rtc", "ntp", "nurse", "gateway", "test")
 # 1..5 are machine.PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET on the ESP32
 BOOT_CAUSES = ("unknown", "power-on", "hard", "watchdog", "deepsleep", "soft", "brownout")
+AUTH_REASONS = ("", "not_paired", "auth", "replay", "not_pairing")
 # Fault code E<n> -> the record kind that reports it
 FAULT_KINDS = (
     FAULT,

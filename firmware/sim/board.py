@@ -303,3 +303,34 @@ class SimBoard:
             pin.value(1)
 
         return _press()
+
+    async def press_now(self, pin, held_s):
+        """A press from the serial link's test hook: counted as a task of the warp clock
+        while held, so virtual time waits for the release like for any other task."""
+        self.clock.register(1)
+        try:
+            await self.press(pin, held_s)
+        finally:
+            self.clock.register(-1)
+
+    def fill_all(self, compartments):
+        """The nurse put pills in every compartment (the `fill` command on the simulator)."""
+        self.motor.load(*range(1, compartments + 1))
+        self.save_world()
+
+    def device_id(self):
+        """A pseudonymous id, made once per state directory (the ESP32 uses its MAC)."""
+        path = self.state_dir + "/sim-id"
+        try:
+            with open(path) as f:
+                got = f.read().strip()
+            if got:
+                return got
+        except OSError:
+            pass
+        import binascii
+
+        made = "sim-" + binascii.hexlify(os.urandom(3)).decode()
+        with open(path, "w") as f:
+            f.write(made)
+        return made

@@ -52,7 +52,7 @@ def test_record_is_24_bytes():
 def test_type_table_names_match_constants():
     names = logrec.NAMES
     assert names[0] == "none"
-    assert len(names) == logrec.LOG_ERROR + 1
+    assert len(names) == logrec.SETTINGS + 1  # the last kind
     for code in range(1, len(names)):
         assert getattr(logrec, names[code].upper()) == code, names[code]
     seen = {}
