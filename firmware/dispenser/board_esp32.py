@@ -84,6 +84,14 @@ class Board:
 
         return asyncio.ThreadSafeFlag()
 
+    def device_id(self):
+        """Pseudonymous and stable: from the chip's factory MAC (no personal data)."""
+        import binascii
+
+        from machine import unique_id
+
+        return "dosis-" + binascii.hexlify(unique_id()[-3:]).decode()
+
     def watchdog(self, ms):
         """Start the hardware watchdog (at least 1000 ms on the ESP32); it cannot be stopped."""
         from machine import WDT

@@ -122,6 +122,20 @@ class Link:
         self._emit("paired", None, "")
         return binascii.hexlify(key).decode()
 
+    def watch_service(self):
+        """No schedule, so no app: the service button still opens the pairing window."""
+        from dispenser.buttons import Buttons
+
+        b = self.board
+        buttons = Buttons(b.btn_taken, b.btn_service, b.clock, b.flag())
+
+        async def watch():
+            while True:
+                if await buttons.next_press() == "service":
+                    self.open_pairing()
+
+        asyncio.create_task(watch())
+
     # -- events ----------------------------------------------------------------------------
 
     def on_event(self, kind, occ, detail, seq=None):

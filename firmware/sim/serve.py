@@ -118,7 +118,7 @@ def run(argv):
         if app is not None:
             clock.register(8)  # the app's tasks: the warp waits for them (app.start)
         else:
-            _watch_service(board, link)
+            link.watch_service()
         warp = asyncio.create_task(clock.run_warp())
         rtc = asyncio.create_task(keep_rtc())
         try:
@@ -142,20 +142,6 @@ def run(argv):
     except KeyboardInterrupt:
         pass
     return outcome[0]
-
-
-def _watch_service(board, link):
-    """No schedule, so no app: the service button still opens the pairing window."""
-    from dispenser.buttons import Buttons
-
-    buttons = Buttons(board.btn_taken, board.btn_service, board.clock, board.flag())
-
-    async def watch():
-        while True:
-            if await buttons.next_press() == "service":
-                link.open_pairing()
-
-    asyncio.create_task(watch())
 
 
 if __name__ == "__main__":
