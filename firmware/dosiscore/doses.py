@@ -15,6 +15,10 @@ Only terminal states are stored ("facts"), keyed by the occurrence. Safety rules
 - never offered twice: an occurrence with a fact is never shown again, and neither is any
   occurrence at or before the latest one that reached a terminal state (`hwm`), so a clock
   stepping back, even by weeks, re-opens nothing;
+- once a day per dose: a schedule has at most one occurrence of a dose id per local day, so
+  the pair (local day, dose id) names the dose as the citizen knows it ("today's noon
+  tablets"). Once that pair has a fact, a later occurrence of the same id on the same local
+  day (a schedule change that moved its time) is done too: never offered, not recorded again;
 - never early: nothing is available before its instant minus its early window;
 - never silently lost: an occurrence whose window passed while the device was off or the clock
   jumped is recorded as missed, with the reason, and the care team is told;
@@ -37,6 +41,9 @@ MAX_LEVEL = 4  # volume steps of the buzzer
 REFILL_WARN = 4  # doses left when the device asks for a refill
 _LOOKBACK_MAX = 7 * 86400  # how far back a boot looks for doses missed while off
 _FACTS_KEEP = 8 * 86400  # facts older than this are pruned (hwm still guards them)
+# More than the longest local day (25 h, when the clocks go back): two instants on one local
+# day are always closer than this. Facts this far below `hwm` can no longer matter (below).
+_DAY_SPAN = 2 * 86400
 
 
 def occ_key(t, dose_id):
@@ -68,6 +75,8 @@ class Doses:
         self.prn_taken = s.get("prn", [])
         self.last_seen = s.get("seen")
         self.refill_said = s.get("refill_said")  # lowest "doses left" already announced
+        self._done = {}  # dose id -> local days with a fact for it (derived from facts)
+        self._index_facts()
         self.active = None  # (t, id) of the occurrence shown now
         self._shown = None  # (key, phase, level) last announced
         self.view = {"occ": None, "phase": None, "level": 0, "compartment": None}
@@ -90,16 +99,49 @@ class Doses:
     def merge_terminal(self, t, dose_id, state, reason, at):
         """A terminal state found in the dose log (the authoritative journal). The stored
         state may be older than the log, or lost: whatever the log says happened stands, so a
-        dose taken just before a power cut is never offered again. Returns True if new."""
+        dose taken just before a power cut is never offered again. Returns True if new.
+
+        A fact at or below `hwm - _DAY_SPAN` is left out (returns False): nothing can use it.
+        `update` considers only occurrences after `hwm`, so that occurrence is never offered
+        whether or not its fact is kept; and an occurrence after `hwm` is more than a local
+        day away from it, so it cannot be the same dose on the same day either. (Facts just
+        below `hwm` do count: they keep a dose moved later that day from being offered again,
+        so those are merged when missing, and `_prune` keeps them.) This is what keeps a
+        reboot from re-adding, and rewriting, the log's older, pruned facts every time."""
         if dose_id not in self.by_id:
+            return False
+        if self.hwm is not None and t <= self.hwm - _DAY_SPAN:
             return False
         key = occ_key(t, dose_id)
         if key in self.facts:
             return False
         self.facts[key] = [state, reason, at]
+        self._mark_done(t, dose_id)
         if self.hwm is None or t > self.hwm:
             self.hwm = t
         return True
+
+    def _index_facts(self):
+        self._done = {}
+        for k in self.facts:
+            j = k.find("/")
+            self._mark_done(int(k[:j]), k[j + 1 :])
+
+    def _mark_done(self, t, dose_id):
+        if dose_id not in self.by_id:  # a dose no longer in the schedule: nothing to guard
+            return
+        z = self.plan.local_day(t)
+        days = self._done.get(dose_id)
+        if days is None:
+            self._done[dose_id] = [z]
+        elif z not in days:
+            days.append(z)
+
+    def done_that_day(self, t, dose_id):
+        """True if dose `dose_id` already has a fact on the local day of instant `t` (an
+        occurrence the schedule in force when it ended put at another time of that day)."""
+        days = self._done.get(dose_id)
+        return days is not None and self.plan.local_day(t) in days
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -162,6 +204,7 @@ class Doses:
     def _end(self, occ, state, reason, now, events):
         t, i = occ
         self.facts[occ_key(t, i)] = [state, reason, now]
+        self._mark_done(t, i)
         if self.hwm is None or t > self.hwm:
             self.hwm = t
         events.append((state, occ, reason))
@@ -188,6 +231,10 @@ class Doses:
                 continue
             d = self.by_id[i]
             if now < t - d["early_min"] * 60:
+                continue
+            if self.done_that_day(t, i):
+                # Taken, missed or skipped today already, at the time the schedule said
+                # then: moving the dose later must not offer it a second time.
                 continue
             unseen = self.last_seen is None or self.last_seen < t - d["early_min"] * 60
             if now >= t + d["late_lock_min"] * 60:
@@ -261,9 +308,17 @@ class Doses:
 
     def _prune(self, now):
         old = now - _FACTS_KEEP
+        # Facts less than _DAY_SPAN below hwm are kept however old (a few at most): they say
+        # which doses were done on hwm's day, and merge_terminal would take them back from the
+        # log at every boot. It leaves out exactly the facts dropped here.
+        keep = old if self.hwm is None else min(old, self.hwm - _DAY_SPAN + 1)
+        dropped = False
         for k in list(self.facts):
-            if int(k.split("/")[0]) < old:
+            if int(k.split("/")[0]) < keep:
                 del self.facts[k]
+                dropped = True
+        if dropped:
+            self._index_facts()
         self.notified = [k for k in self.notified if int(k.split("/")[0]) >= old]
         self.prn_taken = [t for t in self.prn_taken if t > now - 86400]
 

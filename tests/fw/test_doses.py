@@ -254,3 +254,194 @@ def test_bad_mode_refused_and_state_round_trip():
     s = json.loads(json.dumps(m.state()))
     m2 = doses.Doses(_doc(), s, None)
     assert m2.state() == m.state()
+
+
+# -- schedule changes: the same dose is given once a day, whatever time the schedule says -------
+
+MIDDAG = _utc(2026, 11, 23, 11)  # 12:00 local
+DAY2 = DAY1 + 86400
+
+
+def _middag(hhmm="12:00", dose_id="middag"):
+    return {"id": dose_id, "time": hhmm, "items": ["Metformin 500 mg"]}
+
+
+def _run(m, start, end, take=True, step=300):
+    """Drive `m` from `start` to `end`: [(t, kind, occ, detail)]; presses whenever due."""
+    out = []
+    now = start
+    while now < end:
+        for e in m.update(now):
+            out.append((now, e[0], e[1], e[2]))
+        if take and m.view["phase"] == doses.DUE:
+            for e in m.taken(now):
+                out.append((now, e[0], e[1], e[2]))
+        now += step
+    return out
+
+
+def _offers(events, dose_id, day_start=None, day_end=None):
+    return [
+        e
+        for e in events
+        if e[1] in ("available", "due")
+        and e[2][1] == dose_id
+        and (day_start is None or day_start <= e[2][0] < day_end)
+    ]
+
+
+def _taken_then_changed(new_middag, take=True):
+    """Morning and noon taken (or missed) under the first schedule, then the state is carried
+    into a second schedule (what the device does when a new schedule arrives: it reboots)."""
+    import json
+
+    m = _machine(extra=_middag())
+    ev = _run(m, DAY1, MIDDAG + 30 * 60 if take else MIDDAG + 150 * 60, take=take)
+    assert [e[1] for e in ev if e[2] == (MIDDAG, "middag")][-1] == ("taken" if take else "missed")
+    state = json.loads(json.dumps(m.state()))  # through the flash, as on the device
+    return doses.Doses(_doc(extra=new_middag), state, None)
+
+
+def test_a_taken_dose_moved_later_the_same_day_is_not_offered_again():
+    m2 = _taken_then_changed(_middag("13:00"))
+    ev = _run(m2, MIDDAG + 31 * 60, DAY2 + 86400)
+    today = _offers(ev, "middag", DAY1, DAY2)
+    assert today == [], today
+    assert m2.view["occ"] != (MIDDAG + 3600, "middag")
+    assert _offers(ev, "morgen", DAY1, DAY2) == []
+    # the evening dose opens the next compartment: 1 morning, 2 noon (taken), 3 evening
+    aften = [e for e in ev if e[1] == "available" and e[2] == (AFTEN, "aften")]
+    assert len(aften) == 1
+    # nothing is recorded a second time for the moved dose
+    assert "%d/middag" % (MIDDAG + 3600) not in m2.facts
+    assert [e for e in ev if e[2] is not None and e[2] == (MIDDAG + 3600, "middag")] == []
+    # tomorrow it is offered at its new time, as usual
+    tomorrow = _offers(ev, "middag", DAY2, DAY2 + 86400)
+    assert [e[2][0] for e in tomorrow] == [MIDDAG + 86400 + 3600] * 2
+    assert [e[1] for e in tomorrow] == ["available", "due"]
+    assert tomorrow[0][0] < MIDDAG + 86400 + 3600 <= tomorrow[1][0]
+
+
+def test_compartments_after_a_dose_is_moved_later():
+    m2 = _taken_then_changed(_middag("13:00"))
+    m2.update(AFTEN)
+    assert m2.view["occ"] == (AFTEN, "aften") and m2.view["compartment"] == 3
+    assert m2.compartment(MIDDAG + 3600, "middag") == 2  # used already, under the old time
+
+
+def test_a_missed_dose_moved_later_stays_missed():
+    m2 = _taken_then_changed(_middag("15:00"), take=False)
+    ev = _run(m2, MIDDAG + 151 * 60, AFTEN - 3600)
+    assert _offers(ev, "middag") == []
+    assert [e for e in ev if e[1] in ("missed", "notify")] == []
+
+
+def test_a_taken_dose_moved_earlier_is_not_offered_again():
+    m2 = _taken_then_changed(_middag("10:30"))
+    ev = _run(m2, MIDDAG + 31 * 60, DAY2)
+    assert _offers(ev, "middag") == [] and _offers(ev, "morgen") == []
+    assert [e for e in ev if e[1] == "missed"] == []
+
+
+def test_a_dose_not_yet_given_today_is_offered_at_its_new_time():
+    m = _machine(extra=_middag())
+    _run(m, DAY1, MORGEN + 3600)  # morning taken; noon not reached
+    m2 = doses.Doses(_doc(extra=_middag("13:00")), m.state(), None)
+    ev = _run(m2, MORGEN + 3600 + 60, AFTEN - 3600)
+    assert [e[1] for e in _offers(ev, "middag")] == ["available", "due"]
+    assert [e[2][0] for e in ev if e[1] == "taken"] == [MIDDAG + 3600]
+    # a new dose (a new id) is offered normally
+    m3 = doses.Doses(_doc(extra=_middag("15:00", "eftermiddag")), m2.state(), None)
+    t = _utc(2026, 11, 23, 14)
+    ev = _run(m3, t - 3600, AFTEN - 30 * 60)
+    assert [e[1] for e in _offers(ev, "eftermiddag")] == ["available", "due"]
+    assert [e[2] for e in ev if e[1] == "taken"] == [(t, "eftermiddag")]
+
+
+def test_a_dose_removed_and_added_back_is_not_offered_again_that_day():
+    import json
+
+    m = _machine(extra=_middag())
+    _run(m, DAY1, MIDDAG + 30 * 60)
+    without = doses.Doses(_doc(), json.loads(json.dumps(m.state())), None)
+    without.update(MIDDAG + 40 * 60)
+    back = doses.Doses(_doc(extra=_middag("14:00")), without.state(), None)
+    ev = _run(back, MIDDAG + 50 * 60, DAY2)
+    assert _offers(ev, "middag") == []
+    ev = _run(back, DAY2, DAY2 + 86400)
+    assert len(_offers(ev, "middag")) == 2
+
+
+def test_a_moved_dose_taken_before_a_lost_state_is_found_in_the_log():
+    # The stored state is lost; the log says the noon dose was taken (at its old time): the
+    # dose moved to 13:00 is not offered that day.
+    m = doses.Doses(_doc(extra=_middag("13:00")), None, DAY1)
+    m.refilled(DAY1)
+    assert m.merge_terminal(MORGEN, "morgen", doses.TAKEN, "log", MORGEN + 60)
+    assert m.merge_terminal(MIDDAG, "middag", doses.TAKEN, "log", MIDDAG + 60)
+    ev = _run(m, MIDDAG + 31 * 60, AFTEN - 3600)
+    assert _offers(ev, "middag") == []
+
+
+# -- boot replay: what the log says is merged once, and only where it can matter ---------------
+
+
+def _week_of_doses():
+    m = _machine(extra=_middag())
+    ev = _run(m, DAY1, DAY1 + 10 * 86400, step=900)
+    terminal = [e for e in ev if e[1] in (doses.TAKEN, doses.MISSED, doses.SKIPPED)]
+    return m, terminal
+
+
+def test_replay_after_a_clean_stop_adds_nothing():
+    import json
+
+    m, terminal = _week_of_doses()
+    assert len(terminal) == 30
+    state = json.loads(json.dumps(m.state()))
+    m2 = doses.Doses(_doc(extra=_middag()), state, None)
+    # every terminal record of the log, as runtime.replay_terminal feeds them at boot
+    new = [m2.merge_terminal(e[2][0], e[2][1], e[1], "log", e[0]) for e in terminal]
+    assert not any(new), [e for e, n in zip(terminal, new) if n]
+    assert m2.state() == state
+
+
+def test_replay_still_adds_what_the_stored_state_lacks():
+    import json
+
+    m = _machine(extra=_middag())
+    cut = DAY1 + 9 * 86400 + 9 * 3600  # 10:00 local on day 10
+    ev = _run(m, DAY1, cut, step=900)
+    stale = json.loads(json.dumps(m.state()))  # the last state that reached the flash
+    ev += _run(m, cut, cut + 10 * 3600, step=900)
+    terminal = [e for e in ev if e[1] in (doses.TAKEN, doses.MISSED, doses.SKIPPED)]
+    noon = (MIDDAG + 9 * 86400, "middag")  # day 10, after the stale state was saved
+    evening = (AFTEN + 9 * 86400, "aften")
+    assert stale["hwm"] == MORGEN + 9 * 86400 and noon in [e[2] for e in terminal]
+    # A fact just below hwm that the stored state lacks (possible only in odd cases, such as
+    # a clock step ending a later reminder while an earlier dose stays open) is merged too.
+    below = (AFTEN + 8 * 86400, "aften")  # the evening before: 14 hours below hwm
+    del stale["facts"][doses.occ_key(below[0], below[1])]
+    m2 = doses.Doses(_doc(extra=_middag()), stale, None)
+    new = [e[2] for e in terminal if m2.merge_terminal(e[2][0], e[2][1], e[1], "log", e[0])]
+    assert new == [below, noon, evening], new
+    assert m2.hwm == evening[0]
+    # what was left out (days old, pruned) is still never offered, whatever the clock says
+    for t in range(DAY1, DAY1 + 86400, 600):
+        m2.update(t)
+        assert m2.view["occ"] is None
+
+
+def test_facts_near_the_high_water_mark_are_kept_past_the_prune_age():
+    # The schedule ends: no new facts, so hwm stays put while the days go by.
+    m = doses.Doses(_doc(extra=_middag(), end="2026-11-24"), None, DAY1)
+    m.refilled(DAY1)
+    ev = _run(m, DAY1, DAY2 + 86400, step=900)
+    terminal = [e for e in ev if e[1] == doses.TAKEN]
+    assert len(terminal) == 6
+    m.update(DAY1 + 20 * 86400)
+    kept = sorted(int(k.split("/")[0]) for k in m.facts)
+    assert kept and kept[-1] == m.hwm and kept[0] > m.hwm - 2 * 86400
+    assert "%d/aften" % (AFTEN + 86400) in m.facts
+    m2 = doses.Doses(_doc(extra=_middag(), end="2026-11-24"), m.state(), None)
+    assert not any(m2.merge_terminal(e[2][0], e[2][1], e[1], "log", e[0]) for e in terminal)
