@@ -338,6 +338,16 @@ class App:
                 self._events(self.doses.taken(self.clock.now(), "beam"))
                 self._apply_view()
 
+    def next_dose(self, now):
+        """(utc, dose id) of the next dose the device will offer: not one already given that
+        day before a schedule change moved it (see Doses.done_that_day)."""
+        nd = planner.next_due(self.doses.plan, now)
+        for _ in range(8):
+            if nd is None or not self.doses.done_that_day(nd[0], nd[1]):
+                return nd
+            nd = planner.next_due(self.doses.plan, nd[0] + 1)
+        return nd
+
     def _hhmm(self, utc):
         wall = self.zone.local(utc)
         return civil.format_hhmm((wall % civil.DAY) // 60)
@@ -395,7 +405,7 @@ class App:
         wall = self.zone.local(now)
         z = wall // civil.DAY
         y, m, d = civil.civil_from_days(z)
-        nd = planner.next_due(self.doses.plan, now)
+        nd = self.next_dose(now)
         return "idle", {
             "clock": civil.format_hhmm((wall % civil.DAY) // 60),
             "date": "%d/%d" % (d, m),

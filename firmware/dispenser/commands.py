@@ -98,10 +98,10 @@ async def info(link, args):
         faults = dict(app.faults)
         mode = app.doses.mode
         if utc is not None:
-            from dosiscore import civil, planner
+            from dosiscore import civil
 
             local = civil.format_iso(utc, app.zone.offset(utc))
-            nd = planner.next_due(app.doses.plan, utc)
+            nd = app.next_dose(utc)
             nxt = nd[0] if nd else None
     log = None
     if link.log is not None:

@@ -121,10 +121,13 @@ def test_a_taken_dose_moved_later_is_not_offered_again_that_day(tmp_path, exampl
     r2 = scenario(
         tmp_path,
         noon_at_13,
-        f"start {TODAY} 12:31\nend {TOMORROW} 13:10\n+1d 13:05 press",
+        f"start {TODAY} 12:31\nend {TOMORROW} 13:10\n12:40 screen\n+1d 13:05 press",
         script="after",
     )
     assert r2.find("schedule")  # booted with the new schedule
+    # the screen's "next dose" is the evening one, not the noon dose already given
+    screen = r2.find("screen")[0][3]
+    assert "next=17:30" in screen or "next=18:00" in screen, screen
     # neither dose given today comes back: no light, no tone, no compartment, no record
     assert _offered(r2, "middag", TODAY) == [], r2.about("middag", TODAY)
     assert _offered(r2, "morgen", TODAY) == []
