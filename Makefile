@@ -25,15 +25,17 @@ MICROPYPATH_TEST := $(MICROPYPATH_FW):$(CURDIR)/tests/fw
 # pyright-python would otherwise ask PyPI for its latest version on every run.
 export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
 
-.PHONY: help setup demo test lint typecheck mpy pytest mptest bench bench-firmware campaign clean
+.PHONY: help setup demo test lint typecheck mpy pytest mptest bench bench-firmware bench-link \
+    campaign clean
 
 help:
 	@echo "make setup      create $(VENV) and install dosis with the test extra"
-	@echo "make demo       validate and show examples/schedule.toml, then a day on the virtual dispenser"
+	@echo "make demo       pair, provision and run a day on the virtual dispenser, then pull its log"
 	@echo "make test       lint, typecheck, mpy, pytest, mptest (in that order)"
 	@echo "make bench      run bench/bench_planner.py on the micropython unix port"
 	@echo "make bench-firmware  the firmware on the simulated board: latency, loop holds, heap,"
 	@echo "                idle CPU, .mpy sizes, flash writes (a few minutes; bench/RESULTS.md)"
+	@echo "make bench-link log pull throughput over the virtual dispenser at 115200 baud"
 	@echo "make campaign   power-cut campaign: $(CAMPAIGN_CUTS) SIGKILLs of the firmware on the simulated"
 	@echo "                board, invariants checked after each (about 20 minutes; bench/RESULTS.md)"
 	@echo "make clean      remove $(VENV), $(BUILD)/ and caches"
@@ -49,12 +51,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/dosis schedule validate examples/schedule.toml
-	$(BIN)/dosis schedule show examples/schedule.toml --days 7
-	@echo "== a day on the virtual dispenser (the real firmware on the MicroPython unix port)"
-	rm -rf $(BUILD)/demo-state && mkdir -p $(BUILD)/demo-state
-	$(BIN)/dosis schedule compile examples/schedule.toml -o $(BUILD)/demo-schedule.json
-	MICROPYPATH=$(MICROPYPATH_FW) $(BIN)/micropython -m sim.scenario examples/day.scenario \
-	    $(BUILD)/demo-state
+	$(BIN)/dosis schedule show examples/schedule.toml --days 2
+	@echo "== a day on the virtual dispenser: the real firmware on the MicroPython unix port,"
+	@echo "   reached over a pseudo-terminal exactly as a board on /dev/ttyUSB0 (examples/demo.py)"
+	$(BIN)/python examples/demo.py --state $(BUILD)/demo-state
 
 # Prerequisites run in the order listed, even under -j, so `make test` stops at the first failure.
 .NOTPARALLEL:
@@ -104,6 +104,10 @@ bench: $(STAMP) mpy
 # to build/bench-mpy/); one line per figure. Takes about 5 minutes; see bench/RESULTS.md.
 bench-firmware: $(STAMP) mpy
 	$(BIN)/python bench/bench_firmware.py
+
+# `dosis log pull`'s path (pipelined log.read) over a pseudo-terminal throttled to a UART.
+bench-link: $(STAMP)
+	$(BIN)/python bench/bench_link.py --days 60
 
 # The power-cut campaign (tests/campaign.py; `make test` runs a 100-cut one): the firmware on
 # the simulated board killed with SIGKILL at random instants and restarted, the flash checked

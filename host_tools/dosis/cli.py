@@ -17,11 +17,25 @@ import click
 from dosiscore import civil
 from dosiscore.schedule import ScheduleError, canonical, content_hash
 
-from . import __version__, schedules
+from . import __version__, cli_device, schedules
+from .cli_device import load_or_report as _load_or_report
 from .cli_hardware import hardware
+from .cli_sim import devices, sim
 from .errors import DosisError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 99}
+
+EXIT_CODES = """\b
+Exit codes:
+  0  done
+  1  bad input (a file, an argument, a value), or the dispenser refused the request
+  2  internal error: a bug in dosis (run with -v and please report it)
+  3  link: the port is missing or busy, or the dispenser does not answer
+  4  key: the dispenser is not paired with this computer, or the key is wrong or missing
+  5  incompatible protocol: update dosis or the dispenser's firmware
+
+\b
+Device commands take --port PORT (or the DOSIS_PORT environment variable)."""
 
 
 class DosisGroup(click.Group):
@@ -63,7 +77,7 @@ class DosisGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-@click.group(cls=DosisGroup, context_settings=CONTEXT)
+@click.group(cls=DosisGroup, context_settings=CONTEXT, epilog=EXIT_CODES)
 @click.version_option(__version__, "--version", prog_name="dosis")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks on errors.")
 def cli(verbose: bool) -> None:
@@ -72,19 +86,7 @@ def cli(verbose: bool) -> None:
 
 @cli.group()
 def schedule() -> None:
-    """Check and preview dose schedules (TOML or JSON files)."""
-
-
-def _load_or_report(file: str) -> dict[str, Any]:
-    try:
-        return schedules.load_schedule(file)
-    except ScheduleError as e:
-        for line in e.lines():
-            click.echo(f"{file}: {line}", err=True)
-        n = len(e.problems)
-        raise DosisError(
-            f"{file}: {n} problem{'s' if n != 1 else ''}; nothing was changed"
-        ) from None
+    """Check, preview and send dose schedules (TOML or JSON files)."""
 
 
 @schedule.command("validate")
@@ -166,6 +168,18 @@ def _count(c: float) -> str:
 
 
 cli.add_command(hardware)
+schedule.add_command(cli_device.schedule_push)
+schedule.add_command(cli_device.schedule_pull)
+schedule.add_command(cli_device.schedule_loading_map)
+cli.add_command(cli_device.pair)
+cli.add_command(cli_device.info)
+cli.add_command(cli_device.time_group)
+cli.add_command(cli_device.log)
+cli.add_command(cli_device.monitor)
+cli.add_command(cli_device.screen)
+cli.add_command(cli_device.settings)
+cli.add_command(sim)
+cli.add_command(devices)
 
 
 def main() -> None:

@@ -63,4 +63,4 @@ def test_main_py_on_the_unix_port_points_to_the_simulator(tmp_path):
         timeout=60,
         check=False,
     )
-    assert out.returncode == 0 and "sim.scenario" in out.stdout
+    assert out.returncode == 0 and "dosis sim" in out.stdout
