@@ -282,18 +282,25 @@ async def selftest(link, args):
         out["carousel"] = "no schedule"
     elif app.want is not None and app.want[0] == "open":
         raise Refused("busy", "a dose is open: run the self-test after it is taken")
-    elif app.moving or app.blocked():
-        out["carousel"] = "busy" if app.moving else "fault " + ",".join(app.faults)
+    elif app.moving:
+        out["carousel"] = "busy"
     else:
+        # Homing is also how a technician brings a carousel back after clearing a jam: the
+        # device never retries a blocked carousel by itself (no grinding), a person does.
         app.moving = True
         try:
             await app.carousel.calibrate()
             out["carousel"] = "ok"
+            for code in ("E1", "E2", "E4"):
+                app.clear_fault(code)
+            app.ready = True
         except Exception as e:  # Jam, HomeLost: reported, and raised as faults by the app
             out["carousel"] = "%s %s" % (getattr(e, "code", "E1"), e)
             app.fault(getattr(e, "code", "E1"), str(e))
         finally:
             app.moving = False
+            app.kick.set()
+            app.move_wake.set()
     try:
         out["rtc"] = "ok" if DS3231(board.i2c).read() is not None else "lost"
     except OSError as e:

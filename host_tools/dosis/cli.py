@@ -178,6 +178,8 @@ cli.add_command(cli_device.log)
 cli.add_command(cli_device.monitor)
 cli.add_command(cli_device.screen)
 cli.add_command(cli_device.settings)
+cli.add_command(cli_device.fill)
+cli.add_command(cli_device.selftest)
 cli.add_command(sim)
 cli.add_command(devices)
 

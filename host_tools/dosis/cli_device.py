@@ -174,6 +174,44 @@ def settings(
         click.echo(f"{k:<{w}}  {v}")
 
 
+@click.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@port_option
+def fill(yes: bool, port: str | None) -> None:
+    """Tell the dispenser its carousel was just filled, following the loading map.
+
+    \b
+    Fill every compartment as 'dosis schedule loading-map' says, close the carousel, then run
+    this: the device counts compartments from now, so run it right after filling."""
+    if not yes:
+        click.confirm(
+            "Is every compartment filled as the loading map says, and the carousel closed?",
+            abort=True,
+            err=True,
+        )
+    with _device(port) as dev:
+        left = ops.record_fill(dev)
+    click.echo(f"fill recorded: {left} doses in the carousel")
+
+
+@click.command()
+@port_option
+@json_option
+def selftest(port: str | None, as_json: bool) -> None:
+    """Run the dispenser's self-test: home the carousel, chirp, test pattern on the display,
+    check the clock chip and the flash (exit 1 if any part fails)."""
+    with _device(port) as dev:
+        report = ops.selftest(dev)
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False))
+    else:
+        for k, v in report.items():
+            click.echo(f"{k:<10}  {v}")
+    faults = ops.selftest_faults(report)
+    if faults:
+        raise DosisError("self-test found faults: " + "; ".join(faults))
+
+
 # -- schedules -------------------------------------------------------------------------------
 
 

@@ -253,6 +253,27 @@ def settings(dev: DeviceLike, **changes: Any) -> dict[str, Any]:
     return dev.call("settings", args)
 
 
+def record_fill(dev: DeviceLike) -> int | None:
+    """Tell the device the carousel was just filled (every compartment, per the loading map);
+    how many doses it now holds."""
+    return dev.call("fill").get("doses_left")
+
+
+SELFTEST_PARTS = ("carousel", "rtc", "buzzer", "display", "storage")
+
+
+def selftest(dev: DeviceLike) -> dict[str, Any]:
+    """Run the device's self-test (homes the carousel: up to a full turn), its report."""
+    return dev.call("selftest", timeout=60.0)
+
+
+def selftest_faults(report: dict[str, Any]) -> list[str]:
+    """The parts of a self-test report that are not "ok" ("none": the part is not fitted)."""
+    return [
+        f"{k}: {report[k]}" for k in SELFTEST_PARTS if report.get(k) not in ("ok", "none", None)
+    ]
+
+
 def snapshot(dev: DeviceLike) -> dict[str, Any]:
     """The device's screen: {"screen": name, "w", "h", "fb": bytes (MONO_VLSB)}."""
     r = dev.call("display.snapshot")

@@ -855,3 +855,51 @@ def test_24_two_dispensers_need_a_port(w: World) -> None:
 def test_25_the_firmware_never_crashed(w: World) -> None:
     assert w.sim.crashes == 0, w.firmware_log.read_text(errors="replace")[-3000:]
     assert w.sim.running
+
+
+# -- fill and self-test (a second dispenser: a jam must not disturb the module's one) -----------
+
+
+def test_26_fill_and_selftest(w: World, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    log = open(tmp_path / "firmware.log", "wb")  # noqa: SIM115
+    sim = VirtualDispenser(
+        state, speed=1, schedule=ROOT / "examples" / "schedule.toml", stderr=log
+    )
+    port = sim.start()
+    try:
+        env = dict(w.env, DOSIS_PORT=port)
+        with device(w, port) as dev:
+            dev.call("sim.press", {"button": "service"})
+            for _ in range(50):
+                if dev.hello().get("pairing"):
+                    break
+                time.sleep(0.1)
+            dev.pair()
+        r = dosis(w, "fill", input="n\n", env=env)
+        assert r.code == 1 and "aborted" in r.err, str(r)
+        r = ok(dosis(w, "fill", "--yes", env=env))
+        assert r.out.strip() == "fill recorded: 28 doses in the carousel", str(r)
+
+        r = ok(dosis(w, "selftest", "--json", env=env))
+        report = json.loads(r.out)
+        for part in ("carousel", "rtc", "buzzer", "display", "storage"):
+            assert report[part] == "ok", report
+        # a jammed motor: the self-test says so, exit 1, one line naming the part
+        with device(w, port) as dev:
+            dev.call("sim.jam", {"on": True})
+        r = dosis(w, "selftest", env=env)
+        # (a motor that cannot turn never reaches home: E2 when homing, E1 on a move)
+        line = one_line_error(r, 1, "self-test found faults", "carousel: E")
+        assert "carousel" in r.out, line
+        with device(w, port) as dev:
+            assert {"E1", "E2"} & set(dev.call("info")["faults"])
+            dev.call("sim.jam", {"on": False})
+        # the technician cleared the jam: the self-test homes it and the fault is gone
+        ok(dosis(w, "selftest", env=env))
+        with device(w, port) as dev:
+            assert not {"E1", "E2"} & set(dev.call("info")["faults"])
+    finally:
+        sim.stop()
+        log.close()
+    assert "Traceback" not in (tmp_path / "firmware.log").read_text()
