@@ -76,8 +76,7 @@ async def pair(link, args):
     except ValueError:
         raise Refused("bad_args", "nonce must be 64 hex digits")
     if not link.pairing():
-        link.refused += 1
-        link._emit("auth_fail", None, "not_pairing")
+        link.refuse("not_pairing")
         raise Refused("not_pairing", "press the service button on the device first")
     return {"device": link.device_id, "key": link.pair(raw)}
 
@@ -124,6 +123,7 @@ async def info(link, args):
         "next": nxt,
         "uptime_s": (clock.ticks_ms() - link.up_ms) // 1000,
         "refused": link.refused,
+        "refused_unlogged": link.unlogged,
     }
 
 

@@ -25,6 +25,8 @@ _EVQ = const(16)  # events waiting for the writer; older ones are dropped (and c
 _MAC_TAIL = const(74)  # len(',"mac":"') + 64 hex + len('"}')
 _KEYFILE = "link.json"
 _PIECE = const(128)
+_FAIL_BURST = const(8)
+_FAIL_EVERY_MS = const(300_000)
 
 
 def _nothing():
@@ -82,6 +84,9 @@ class Link:
         self.monitoring = False
         self.pair_until = None  # clock ticks (ms) until which pairing is allowed
         self.refused = 0
+        self.unlogged = 0  # refusals over the logging budget (see refuse())
+        self._fail_tokens = _FAIL_BURST
+        self._fail_at = board.clock.ticks_ms()
         self.lost_lines = 0
         self.reboot = False
         self.up_ms = board.clock.ticks_ms()
@@ -154,6 +159,21 @@ class Link:
         t = clock.now() if clock.valid() else None
         self._evq.append((kind, t, occ, detail, seq))
         self._ev_flag.set()
+
+    def refuse(self, reason):
+        """Count a refused request and log it, within a budget: a flood of forged requests
+        must not push real dose records out of the log or wear the flash (8 at once, then
+        one every 5 minutes; `refused` in info counts them all)."""
+        self.refused += 1
+        now = self.board.clock.ticks_ms()
+        tokens = min(_FAIL_BURST, self._fail_tokens + (now - self._fail_at) / _FAIL_EVERY_MS)
+        self._fail_at = now
+        if tokens >= 1:
+            self._fail_tokens = tokens - 1
+            self._emit("auth_fail", None, reason)
+        else:
+            self._fail_tokens = tokens
+            self.unlogged += 1
 
     def _emit(self, kind, occ, detail):
         if self.emit_fn is not None:
@@ -264,8 +284,7 @@ class Link:
         if needs_auth:
             why = self._check(req, line)
             if why is not None:
-                self.refused += 1
-                self._emit("auth_fail", None, why.code)
+                self.refuse(why.code)
                 await self._error(rid, why.code, why.msg, why.extra)
                 return
             ctr = req["ctr"]
