@@ -93,9 +93,14 @@ async def info(link, args):
     nxt = None
     faults = {}
     mode = None
+    fill = None
     if app is not None:
         faults = dict(app.faults)
         mode = app.doses.mode
+        d = app.doses
+        fill = {"at": d.fill, "upto": d.fill_upto}
+        if utc is not None:
+            fill["left"] = d.doses_left(utc)
         if utc is not None:
             from dosiscore import civil
 
@@ -120,6 +125,7 @@ async def info(link, args):
         "log": log,
         "faults": faults,
         "mode": mode,
+        "fill": fill,
         "next": nxt,
         "uptime_s": (clock.ticks_ms() - link.up_ms) // 1000,
         "refused": link.refused,

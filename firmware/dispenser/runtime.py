@@ -116,16 +116,22 @@ _REPLAY = 1500  # records read back at boot: more than a week at 50 events a day
 _CHUNK = 40
 
 
-def replay_terminal(log, machine, doc):
+def replay_terminal(log, machine, doc, store=None):
     """Feed the terminal records of the log's recent past into the dose state machine (in
-    small chunks: no big list on the heap). Returns how many were new to the stored state."""
+    small chunks: no big list on the heap). Returns how many were new to the stored state.
+
+    A record's dose index belongs to the schedule in force when it was written: each boot
+    logs a SCHEDULE record with that schedule's hash prefix. Records under this schedule are
+    read with its dose list; records under another one with that schedule's list if it is
+    still on flash (the other A/B copy in `store`: the schedule before a change), so a dose
+    given under the old schedule is known after a change even if the stored state is not;
+    records under a schedule no longer stored are left out."""
     from dosiscore import logrec, schedule
 
     ids = [d["id"] for d in doc["dose"]]
-    # Dose indexes in a record belong to the schedule in force when it was written: records
-    # written under another schedule (a SCHEDULE record with another hash) are not replayed.
     mine = logrec.hash_prefix(schedule.content_hash(doc))
-    ours = True
+    tables = None  # hash prefix -> dose ids of the stored schedules, read when first needed
+    table = ids  # records before the window's first SCHEDULE record: taken as this one's
     st = log.stats()
     seq = max(st["first"] or 1, st["durable"] - _REPLAY + 1)
     new = 0
@@ -139,13 +145,47 @@ def replay_terminal(log, machine, doc):
                 continue
             seq = r[0] + 1
             if r[2] == logrec.SCHEDULE and r[5]:
-                ours = r[5] == mine
-            state = terminal.get(r[2]) if ours else None
+                if r[5] == mine:
+                    table = ids
+                else:
+                    if tables is None:
+                        tables = _stored_dose_ids(store, mine)
+                    table = tables.get(r[5])
+            if table is None:
+                continue
+            state = terminal.get(r[2])
             dose = r[4]
-            if state is not None and dose is not None and dose < len(ids) and r[3]:
-                if machine.merge_terminal(r[3], ids[dose], state, "log", r[1]):
+            if state is not None and dose is not None and dose < len(table) and r[3]:
+                if machine.merge_terminal(r[3], table[dose], state, "log", r[1]):
                     new += 1
     return new
+
+
+def _stored_dose_ids(store, mine):
+    """{hash prefix: dose ids} of the schedule copies on flash other than the one in force
+    (hash prefix `mine`). One copy at a time is parsed, hashed and dropped: only its dose ids
+    stay on the heap. A copy whose CRC fails is left out."""
+    out = {}
+    if store is None or not store.usable():
+        return out
+    from dosiscore import logrec, schedule
+
+    ab = ABStore(store.root, store.fs)
+    for slot in ("a", "b"):
+        got = ab._read(SCHEDULE, slot)
+        if not got:
+            continue
+        try:
+            # It is stored normalised (validated before it was saved); the hash tells whether
+            # it is the schedule a SCHEDULE record names.
+            h = logrec.hash_prefix(schedule.content_hash(got[1]))
+            if h != mine:
+                out[h] = [d["id"] for d in got[1]["dose"]]
+        except (KeyError, TypeError, ValueError):
+            pass
+        got = None
+        gc.collect()
+    return out
 
 
 class MemStore:
@@ -240,7 +280,7 @@ def start(board, store, user_emit, link=None):
     if link is not None:
         link.app = app
     if log is not None:
-        n = replay_terminal(log, app.doses, doc)
+        n = replay_terminal(log, app.doses, doc, store)
         if n:
             emit("replayed", None, n)
     if degraded:

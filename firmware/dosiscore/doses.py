@@ -23,10 +23,19 @@ Only terminal states are stored ("facts"), keyed by the occurrence. Safety rules
 - never silently lost: an occurrence whose window passed while the device was off or the clock
   jumped is recorded as missed, with the reason, and the care team is told;
 - one at a time: at most one occurrence is active (validation forbids overlapping windows; if a
-  schedule change still makes two overlap, the earlier one is ended first).
+  schedule change still makes two overlap, the earlier one is ended first);
+- the right pills: compartment k holds what the loading map put there, the k-th dispensed
+  occurrence counted from the fill instant under the schedule in force at the fill. The fill
+  keeps a signature of that sequence (`fill_signature`: each compartment's dose id and items).
+  A schedule change that gives a compartment still to be opened another dose (a dose added,
+  removed or made reminder-only, doses reordered, medicines changed) cuts the fill short just
+  before it (`fill_upto`): from there no compartment opens, the due dose is still reminded,
+  and "empty" (or "refill", while earlier compartments still match) says why. Only a refill
+  lifts the cut. Times that move without changing the order or the contents keep the fill.
 """
 
-from dosiscore import planner
+from dosiscore import civil, planner
+from dosiscore.logrec import crc32
 
 UPCOMING = 0
 AVAILABLE = 1
@@ -46,8 +55,94 @@ _FACTS_KEEP = 8 * 86400  # facts older than this are pruned (hwm still guards th
 _DAY_SPAN = 2 * 86400
 
 
+_SIG_W = 8  # hex digits of a compartment's signature
+_SIG_EMPTY = "-" * _SIG_W  # a compartment the fill leaves empty (the schedule ended)
+_SIG_CHUNK = 8 * 86400  # planner window per step while counting compartments
+# A day pattern repeats within this many days: no dispensed occurrence in a stretch this long
+# means there will never be one (every N days on some weekdays: at most 7 x MAX_EVERY).
+_SIG_GIVE_UP = (7 * civil.MAX_EVERY + 2) * civil.DAY
+
+
 def occ_key(t, dose_id):
     return "%d/%s" % (t, dose_id)
+
+
+def dose_sig(d):
+    """CRC-32 of what a compartment holds for dose `d`: its id and its items (name, count in
+    half tablets). The items are sorted: their order in the schedule is not in the cup."""
+    parts = ["%s\x00%d" % (it["name"], int(it["count"] * 2)) for it in d["items"]]
+    parts.sort()
+    return crc32("\x01".join([d["id"]] + parts).encode())
+
+
+def loaded(plan, by_id, fill, n):
+    """Yield (compartment, UTC instant, dose id) for compartments 1..n after a fill at `fill`:
+    the dispensed occurrences at or after it, in order (reminder-only doses use none); fewer
+    if the schedule ends first. The loading map's rule, and `Doses.compartment`'s."""
+    k = 0
+    lo = fill
+    last = fill
+    while k < n and lo - last <= _SIG_GIVE_UP:
+        if plan.end is not None and plan.local_day(lo) > plan.end:
+            return
+        hi = lo + _SIG_CHUNK
+        for t, i in planner.occurrences(plan, lo, hi):
+            if by_id[i]["reminder_only"]:
+                continue
+            k += 1
+            last = t
+            yield k, t, i
+            if k >= n:
+                return
+        lo = hi
+
+
+def _signature(plan, by_id, fill, n, ended=None):
+    """(fill_signature, first compartment whose occurrence is not `ended(t, id)` or None,
+    last compartment the schedule fills)."""
+    sigs = {}
+    parts = []
+    first = None
+    for k, t, i in loaded(plan, by_id, fill, n):
+        if first is None and ended is not None and not ended(t, i):
+            first = k
+        s = sigs.get(i)
+        if s is None:
+            s = sigs[i] = "%08x" % dose_sig(by_id[i])
+        parts.append(s)
+    last = len(parts)
+    while len(parts) < n:
+        parts.append(_SIG_EMPTY)
+    return "".join(parts), first, last
+
+
+def fill_signature(doc, fill, plan=None):
+    """What a fill at `fill` loads, compartment by compartment (1..n): 8 hex digits each, the
+    `dose_sig` of its dose, or "--------" for a compartment left empty. Two schedules put the
+    same pills in compartment k after this fill if and only if their signatures agree there
+    (but for a CRC-32 collision)."""
+    if plan is None:
+        plan = planner.Plan(doc)
+    by_id = {}
+    for d in doc["dose"]:
+        by_id[d["id"]] = d
+    return _signature(plan, by_id, fill, doc["compartments"])[0]
+
+
+def first_mismatch(old, new, start=1):
+    """The first compartment k >= start that a schedule signed `new` would open but whose
+    pills, loaded for `old` (both from `fill_signature`, for the same fill), are another
+    dose's (or none); None if every one it would open holds its dose. A compartment the new
+    schedule leaves empty never opens: what it holds does not matter."""
+    w = _SIG_W
+    k = start if start > 1 else 1
+    while k * w <= len(new):
+        a = (k - 1) * w
+        s = new[a : a + w]
+        if s != _SIG_EMPTY and old[a : a + w] != s:
+            return k
+        k += 1
+    return None
 
 
 class Doses:
@@ -75,8 +170,13 @@ class Doses:
         self.prn_taken = s.get("prn", [])
         self.last_seen = s.get("seen")
         self.refill_said = s.get("refill_said")  # lowest "doses left" already announced
+        self.fill_sig = s.get("fill_sig")  # what the fill loaded: fill_signature()
+        self.fill_upto = s.get("fill_upto")  # compartments 1..fill_upto may be opened
         self._done = {}  # dose id -> local days with a fact for it (derived from facts)
         self._index_facts()
+        self._cut = None  # (first, last) compartments this boot found loaded for another
+        if self.fill is not None:  # schedule, until update() has said so
+            self._check_fill()
         self.active = None  # (t, id) of the occurrence shown now
         self._shown = None  # (key, phase, level) last announced
         self.view = {"occ": None, "phase": None, "level": 0, "compartment": None}
@@ -94,6 +194,8 @@ class Doses:
             "prn": self.prn_taken,
             "seen": self.last_seen,
             "refill_said": self.refill_said,
+            "fill_sig": self.fill_sig,
+            "fill_upto": self.fill_upto,
         }
 
     def merge_terminal(self, t, dose_id, state, reason, at):
@@ -137,6 +239,33 @@ class Doses:
         elif z not in days:
             days.append(z)
 
+    def _ended(self, t, dose_id):
+        """True if occurrence (t, dose_id) can no longer be offered (the state says so)."""
+        if (self.hwm is not None and t <= self.hwm) or (self.since is not None and t < self.since):
+            return True
+        return occ_key(t, dose_id) in self.facts or self.done_that_day(t, dose_id)
+
+    def _check_fill(self):
+        """After a schedule change (any boot): does the fill still hold, in every compartment
+        this schedule may open from now on, the dose this schedule counts there? The first
+        that does not (from the first occurrence the state has not ended: compartments of
+        doses already given do not matter) and every one after it are cut off the fill."""
+        n = self.doc["compartments"]
+        new, start, last = _signature(self.plan, self.by_id, self.fill, n, self._ended)
+        upto = n if not isinstance(self.fill_upto, int) else max(0, min(self.fill_upto, n))
+        if not isinstance(self.fill_sig, str):
+            # A state saved before fills were signed (a firmware update): the schedule it
+            # runs is the one the previous firmware dispensed this fill with; it is adopted,
+            # and every later change is checked against it.
+            self.fill_sig = new
+            self.fill_upto = upto
+            return
+        j = first_mismatch(self.fill_sig, new, n + 1 if start is None else start)
+        if j is not None and j - 1 < upto:
+            upto = j - 1
+            self._cut = (j, last)
+        self.fill_upto = upto
+
     def done_that_day(self, t, dose_id):
         """True if dose `dose_id` already has a fact on the local day of instant `t` (an
         occurrence the schedule in force when it ended put at another time of that day)."""
@@ -148,19 +277,25 @@ class Doses:
     def dose(self, dose_id):
         return self.by_id[dose_id]
 
+    def _upto(self):
+        n = self.doc["compartments"]
+        return n if self.fill_upto is None or self.fill_upto > n else self.fill_upto
+
     def compartment(self, t, dose_id):
         """Compartment (1..n) holding occurrence (t, dose_id), or None: a reminder-only dose,
-        no fill recorded, or beyond the last filled compartment."""
+        no fill recorded, or beyond the last filled compartment (or the fill was cut short
+        there: its pills were loaded for another schedule)."""
         if self.fill is None or self.by_id[dose_id]["reminder_only"] or t < self.fill:
             return None
+        upto = self._upto()
         n = 0
         for u, i in planner.occurrences(self.plan, self.fill, t + 1):
             if self.by_id[i]["reminder_only"]:
                 continue
             n += 1
             if u == t and i == dose_id:
-                return n if n <= self.doc["compartments"] else None
-            if n > self.doc["compartments"]:
+                return n if n <= upto else None
+            if n > upto:
                 return None
         return None
 
@@ -173,7 +308,7 @@ class Doses:
             d = self.by_id[i]
             if not d["reminder_only"] and t - d["early_min"] * 60 <= now:
                 used += 1
-        return max(0, self.doc["compartments"] - used)
+        return max(0, self._upto() - used)
 
     def next_wake(self, now):
         """The next instant after `now` at which something changes (never a busy poll)."""
@@ -298,6 +433,20 @@ class Doses:
         left = self.doses_left(now)
         if left is None:
             return
+        cut = self._cut
+        if cut is not None:
+            # Said once, at the first update after the boot that found it (the cut is kept in
+            # the state): "empty" (fault E6) if nothing can open any more, else how many can.
+            self._cut = None
+            why = "compartments %d..%d were loaded for another schedule" % cut
+            if left == 0:
+                self.refill_said = 0
+                events.append(("empty", None, why))
+            else:
+                events.append(("refill", None, "%d left: %s" % (left, why)))
+                if left <= REFILL_WARN:
+                    self.refill_said = left
+            return
         if left == 0 and self.refill_said != 0:
             self.refill_said = 0
             events.append(("empty", None, 0))
@@ -357,5 +506,8 @@ class Doses:
     def refilled(self, now):
         """The carousel was filled: compartment 1 holds the first dispensed dose from now."""
         self.fill = now
+        self.fill_sig = _signature(self.plan, self.by_id, now, self.doc["compartments"])[0]
+        self.fill_upto = self.doc["compartments"]
+        self._cut = None
         self.refill_said = None
         return [("filled", None, self.doc["compartments"])]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from dosiscore import civil, logrec, planner, tz
+from dosiscore import civil, doses, logrec, planner, tz
 from dosiscore.schedule import ALERT_LIMITS, ScheduleError, canonical, content_hash, validate
 
 from .errors import DeviceError, DosisError, InputError, LinkError, ProtocolError
@@ -37,6 +37,7 @@ __all__ = [
     "LogRow",
     "NotPairingError",
     "PushPlan",
+    "RefillNotice",
     "VerifyError",
     "ack_log",
     "chunk_text",
@@ -62,6 +63,7 @@ __all__ = [
     "pull_log",
     "push_schedule",
     "read_log",
+    "refill_notice",
     "send_schedule",
     "settings",
     "snapshot",
@@ -313,7 +315,7 @@ class Change:
     """One difference between the device's schedule and the new one."""
 
     kind: str  # new, added, removed, moved, medicines, reminder, alerts, zone, language,
-    #            setting, prn
+    #            setting, prn; refill (not a difference itself: see PushPlan.refill)
     what: str  # the dose or as-needed id, or the setting's key
     text: str  # one line for a human
 
@@ -433,6 +435,80 @@ def diff_schedules(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Chan
     return out
 
 
+@dataclass(frozen=True)
+class RefillNotice:
+    """The carousel must be refilled after the change: some compartment the device would still
+    open was loaded for the old schedule with another dose (the firmware's own rule,
+    `dosiscore.doses.first_mismatch`). The device opens none from `first` on until refilled."""
+
+    fill: int  # the fill instant compared: the device's, or the start of today if unknown
+    fill_known: bool  # the device reported its fill instant
+    first: int  # first compartment (of a fill at `fill`) loaded for the old schedule
+    last: int  # last compartment the new schedule would open
+    utc: int  # when the new schedule wants compartment `first`
+    dose: str  # the new schedule's dose there
+    was: str | None  # the old schedule's dose there (None: the fill left it empty)
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _sequence(doc: dict[str, Any], fill: int) -> list[tuple[int, int, str]]:
+    by_id = {d["id"]: d for d in doc["dose"]}
+    return list(doses.loaded(planner.Plan(doc), by_id, fill, doc["compartments"]))
+
+
+def refill_notice(
+    old: dict[str, Any], new: dict[str, Any], now: int, fill: int | None = None
+) -> RefillNotice | None:
+    """Does replacing `old` by `new` (both normalised) void the carousel's fill, by the rule
+    the device applies at its next boot? None if not.
+
+    `fill` is the device's fill instant if known. Without it, a fill at the start of today
+    (in the old schedule's zone) stands for "filled some time ago": the device compares what
+    each compartment still to be opened holds, and for a fill before today that depends only
+    on the order and contents of the doses, not on when the nurse came. (A fill "now" would
+    call every time moved across the present a refill: the device keeps its fill then.) The
+    compartments compared start at the first dose not yet past its lock (the device starts at
+    the first it has not ended, which it alone knows)."""
+    known = fill is not None
+    if fill is None:
+        zone = tz.Tz(old["tz_rule"])
+        fill = zone.utc(zone.local(now) // civil.DAY * civil.DAY)
+    seq = _sequence(new, fill)
+    by_id = {d["id"]: d for d in new["dose"]}
+    start = next((k for k, t, i in seq if t + by_id[i]["late_lock_min"] * 60 > now), None)
+    if start is None:
+        return None
+    first = doses.first_mismatch(
+        doses.fill_signature(old, fill), doses.fill_signature(new, fill), start
+    )
+    if first is None:
+        return None
+    _, t, dose = seq[first - 1]
+    before = _sequence(old, fill)
+    was = before[first - 1][2] if first <= len(before) else None
+    last = seq[-1][0]
+    off = tz.Tz(new["tz_rule"]).offset(t)
+    when = civil.format_iso(t, off)[:16].replace("T", " ")
+    if known:
+        text = (
+            f"! the carousel must be refilled after this change: compartments {first}..{last} "
+            f"were loaded for the old schedule (compartment {first} holds "
+            f"{was + ' pills' if was else 'nothing'}, the new schedule would open it for {dose} "
+            f"at {when}); the dispenser opens none of them until it is refilled"
+        )
+    else:
+        text = (
+            "! if the carousel is filled, it must be refilled after this change: it was loaded "
+            f"for the old schedule's doses, and from {dose} at {when} on the new schedule "
+            "needs other pills in the compartments; the dispenser opens none of them until it "
+            "is refilled with the new loading map (dosis schedule loading-map)"
+        )
+    return RefillNotice(fill, known, first, last, t, dose, was, text)
+
+
 @dataclass
 class PushPlan:
     """What `push_schedule` would do: the new schedule and how it differs from the device's."""
@@ -443,14 +519,35 @@ class PushPlan:
     old_hash: str | None
     old_doc: dict[str, Any] | None
     changes: list[Change] = field(default_factory=list)
+    # Set when the change voids the carousel's fill; also the last of `changes` (kind "refill").
+    refill: RefillNotice | None = None
 
     @property
     def same(self) -> bool:
         return self.old_hash == self.hash
 
 
-def plan_push(dev: DeviceLike, doc: dict[str, Any]) -> PushPlan:
-    """Compare a normalised schedule with the device's; nothing is sent."""
+def _device_fill(dev: DeviceLike) -> tuple[int, int | None]:
+    """(the device's clock, or this computer's if it has none; its fill instant, from `info`'s
+    "fill": {"at": UTC or null, ...}, or None when the carousel was never filled)."""
+    now = int(time.time())
+    try:
+        info = dev.call("info")
+    except DosisError:
+        return now, None
+    utc, fill = info.get("utc"), info.get("fill")
+    if info.get("time_valid") and isinstance(utc, int) and not isinstance(utc, bool):
+        now = utc
+    if isinstance(fill, dict):
+        fill = fill.get("at")
+    if not isinstance(fill, int) or isinstance(fill, bool):
+        fill = None
+    return now, fill
+
+
+def plan_push(dev: DeviceLike, doc: dict[str, Any], *, now: int | None = None) -> PushPlan:
+    """Compare a normalised schedule with the device's; nothing is sent. `now` (UTC) stands
+    for the device's clock (tests); by default `info` is asked for it."""
     data = canonical(doc)
     if len(data) > MAX_SCHEDULE_BYTES:
         raise InputError(
@@ -460,7 +557,13 @@ def plan_push(dev: DeviceLike, doc: dict[str, Any]) -> PushPlan:
     old_hash, old_doc = device_schedule(dev)
     new_hash = content_hash(doc)
     changes = [] if old_hash == new_hash else diff_schedules(old_doc, doc)
-    return PushPlan(doc, new_hash, data, old_hash, old_doc, changes)
+    refill = None
+    if old_doc is not None and old_hash != new_hash:
+        clock, fill = _device_fill(dev)
+        refill = refill_notice(old_doc, doc, clock if now is None else now, fill)
+        if refill is not None:
+            changes.append(Change("refill", refill.dose, refill.text))
+    return PushPlan(doc, new_hash, data, old_hash, old_doc, changes, refill)
 
 
 def chunk_text(

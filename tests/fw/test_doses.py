@@ -445,3 +445,307 @@ def test_facts_near_the_high_water_mark_are_kept_past_the_prune_age():
     assert "%d/aften" % (AFTEN + 86400) in m.facts
     m2 = doses.Doses(_doc(extra=_middag(), end="2026-11-24"), m.state(), None)
     assert not any(m2.merge_terminal(e[2][0], e[2][1], e[1], "log", e[0]) for e in terminal)
+
+
+# -- the fill after a schedule change: the pills were loaded for the old order ------------------
+
+EFTERMIDDAG = _utc(2026, 11, 23, 14)  # 15:00 local
+
+
+def _base_doses():
+    return [
+        {"id": "morgen", "time": "08:00", "items": ["Metformin 500 mg"]},
+        {"id": "middag", "time": "12:00", "items": ["Metformin 500 mg"]},
+        {"id": "aften", "time": "18:00", "items": ["Simvastatin 40 mg"]},
+    ]
+
+
+def _sched(doses_list, **over):
+    d = {
+        "schema": 1,
+        "citizen": "borger-0042",
+        "start": "2026-11-01",
+        "compartments": 28,
+        "dose": doses_list,
+        "prn": [],
+    }
+    d.update(over)
+    return schedule.validate(d)
+
+
+def _with(**changes):
+    """The three-dose schedule with some doses changed: id -> dict of new fields, or None to
+    remove it; "add" -> a list of new doses."""
+    out = []
+    for d in _base_doses():
+        c = changes.get(d["id"], {})
+        if c is None:
+            continue
+        d.update(c)
+        out.append(d)
+    return _sched(out + changes.get("add", []))
+
+
+def _filled_then(new_doc, until, take=True):
+    """Filled at DAY1 under the three-dose schedule, run (pressing when due) until `until`,
+    then booted with `new_doc` and the state as it was on flash."""
+    import json
+
+    m = doses.Doses(_with(), None, DAY1)
+    m.refilled(DAY1)
+    _run(m, DAY1, until, take=take)
+    state = json.loads(json.dumps(m.state()))
+    return doses.Doses(new_doc, state, None), state
+
+
+def _opened(m, start, end):
+    """[(occ, compartment)] of every occurrence shown between start and end (pressing)."""
+    out = []
+    now = start
+    while now < end:
+        m.update(now)
+        occ = m.view["occ"]
+        if occ is not None and (not out or out[-1][0] != occ):
+            out.append((occ, m.view["compartment"]))
+        if m.view["phase"] == doses.DUE:
+            m.taken(now)
+        now += 300
+    return out
+
+
+def test_the_fill_is_signed_at_refill_and_kept_in_the_state():
+    m = doses.Doses(_with(), None, DAY1)
+    assert m.fill_sig is None and m.state()["fill_sig"] is None
+    m.refilled(DAY1)
+    sig = m.state()["fill_sig"]
+    assert len(sig) == 28 * 8 and m.state()["fill_upto"] == 28
+    assert sig == doses.fill_signature(_with(), DAY1)
+    # compartment k holds the k-th dispensed dose: morgen, middag, aften, morgen...
+    per = [sig[k * 8 : k * 8 + 8] for k in range(28)]
+    assert per[0] == per[3] != per[1] and per[2] == per[5] != per[0]
+
+
+def test_times_moved_without_reordering_keep_the_fill():
+    new = _with(morgen={"time": "07:30"}, middag={"time": "13:00"}, aften={"time": "17:30"})
+    m2, state = _filled_then(new, MORGEN + 2 * 3600)  # morning taken at 08:00, now 10:00
+    assert m2.fill_upto == 28 and m2.fill_sig == state["fill_sig"]
+    ev = _run(m2, MORGEN + 2 * 3600, MORGEN + 2 * 3600 + 600)
+    assert [e for e in ev if e[1] in ("empty", "refill")] == []
+    got = _opened(m2, MORGEN + 2 * 3600, DAY2 + 10 * 3600)
+    assert [(o[1], k) for o, k in got] == [("middag", 2), ("aften", 3), ("morgen", 4)]
+    assert got[0][0][0] == MIDDAG + 3600  # at its new time
+
+
+def test_a_taken_dose_moved_later_keeps_the_fill():
+    # Noon taken at 12:00 (compartment 2), then moved to 13:00: the order is unchanged.
+    m2, _ = _filled_then(_with(middag={"time": "13:00"}), MIDDAG + 30 * 60)
+    assert m2.fill_upto == 28
+    got = _opened(m2, MIDDAG + 31 * 60, DAY2 + 12 * 3600 + 3600 + 60)
+    assert [(o[1], k) for o, k in got] == [("aften", 3), ("morgen", 4), ("middag", 5)]
+
+
+def _cut_said(events):
+    return [e for e in events if e[1] in ("empty", "refill")]
+
+
+def test_a_reordered_dose_voids_the_fill():
+    # Noon taken at 12:00; then moved after the evening dose. Counting from the fill, the
+    # evening dose would open compartment 2: the noon cup, emptied at noon.
+    now = MIDDAG + 30 * 60
+    m2, _ = _filled_then(_with(middag={"time": "21:00"}), now)
+    assert m2.fill_upto == 1
+    ev = _run(m2, now + 60, now + 120)
+    assert _cut_said(ev) == [
+        (now + 60, "empty", None, "compartments 2..28 were loaded for another schedule")
+    ]
+    assert m2.doses_left(now + 60) == 0
+    # the evening dose is still reminded (light, tone, care team), but opens nothing
+    m2.update(AFTEN)
+    assert m2.view["occ"] == (AFTEN, "aften") and m2.view["phase"] == doses.DUE
+    assert m2.view["compartment"] is None and m2.view["level"] == 1
+    assert ("notify", (AFTEN, "aften"), "not taken") in m2.update(AFTEN + 30 * 60)
+    got = _opened(m2, AFTEN + 31 * 60, DAY2 + 86400)
+    assert got and all(k is None for _, k in got), got
+    assert _cut_said(_run(m2, DAY2, DAY2 + 3600)) == []  # said once
+
+
+def test_a_reorder_before_the_dose_is_given_voids_too():
+    m2, _ = _filled_then(_with(middag={"time": "21:00"}), MORGEN + 2 * 3600)
+    assert m2.fill_upto == 1
+    m2.update(AFTEN)
+    assert m2.view["occ"] == (AFTEN, "aften") and m2.view["compartment"] is None
+
+
+def test_an_added_dose_voids_the_fill_from_where_it_lands():
+    # A dose at 10:30, before noon: compartment 2 holds noon's pills, not 10:30's.
+    early = {
+        "id": "formiddag",
+        "time": "10:30",
+        "early_min": 0,
+        "late_lock_min": 30,
+        "items": ["Furix 40 mg"],
+    }
+    now = MORGEN + 2 * 3600
+    m2, _ = _filled_then(_with(add=[early]), now)
+    assert m2.fill_upto == 1
+    assert _cut_said(_run(m2, now, now + 60)) == [
+        (now, "empty", None, "compartments 2..28 were loaded for another schedule")
+    ]
+    # A dose at 15:00: noon (compartment 2) still holds noon's pills and is dispensed; the
+    # fill stops before compartment 3, which holds the evening dose's.
+    late = {"id": "eftermiddag", "time": "15:00", "items": ["Furix 40 mg"]}
+    m3, _ = _filled_then(_with(add=[late]), now)
+    assert m3.fill_upto == 2
+    ev = _run(m3, now, DAY2 + 10 * 3600)
+    assert _cut_said(ev) == [
+        (now, "refill", None, "1 left: compartments 3..28 were loaded for another schedule"),
+        (MIDDAG - 30 * 60, "empty", None, 0),
+    ]
+    shown = [(e[2], m3.compartment(e[2][0], e[2][1])) for e in ev if e[1] == "available"]
+    assert [(o[1], k) for o, k in shown] == [
+        ("middag", 2),
+        ("eftermiddag", None),
+        ("aften", None),
+        ("morgen", None),
+    ]
+    assert [e[2] for e in ev if e[1] == "taken"] == [o for o, _ in shown]  # still reminded
+
+
+def test_a_removed_dose_voids_the_fill():
+    now = MORGEN + 2 * 3600
+    m2, _ = _filled_then(_with(middag=None), now)
+    assert m2.fill_upto == 1
+    m2.update(AFTEN)
+    assert m2.view["occ"] == (AFTEN, "aften") and m2.view["compartment"] is None
+
+
+def test_changed_medicines_void_the_fill():
+    now = MORGEN + 2 * 3600
+    # the evening dose's medicines: noon (compartment 2) is dispensed, the evening is not
+    m2, _ = _filled_then(_with(aften={"items": ["Simvastatin 20 mg"]}), now)
+    assert m2.fill_upto == 2
+    # the noon dose's count: from compartment 2 on
+    m3, _ = _filled_then(_with(middag={"items": [{"name": "Metformin 500 mg", "count": 2}]}), now)
+    assert m3.fill_upto == 1
+    # a half tablet more is another dose too
+    half = [{"name": "Metformin 500 mg", "count": 1.5}]
+    m4, _ = _filled_then(_with(middag={"items": half}), now)
+    assert m4.fill_upto == 1
+    # the same medicines listed in another order: the same cup
+    two = ["Metformin 500 mg", "Furix 40 mg"]
+    base = _with(middag={"items": two})
+    m = doses.Doses(base, None, DAY1)
+    m.refilled(DAY1)
+    swapped = doses.Doses(_with(middag={"items": two[::-1]}), m.state(), None)
+    assert swapped.fill_upto == 28
+
+
+def test_reminder_only_either_way_voids_the_fill():
+    now = MORGEN + 2 * 3600
+    m2, _ = _filled_then(_with(middag={"reminder_only": True}), now)
+    assert m2.fill_upto == 1
+    # and the reverse: eye drops (a reminder, using no compartment) now dispensed at 20:00
+    drops = {"id": "drops", "time": "21:00", "reminder_only": True, "items": ["Xalatan"]}
+    m = doses.Doses(_with(add=[drops]), None, DAY1)
+    m.refilled(DAY1)
+    _run(m, DAY1, now)
+    dispensed = dict(drops, reminder_only=False)
+    m3 = doses.Doses(_with(add=[dispensed]), m.state(), None)
+    assert m3.fill_upto == 3  # noon and evening as loaded; 21:00 would open the next morning's
+
+
+def test_a_shorter_schedule_keeps_the_fill_a_longer_one_does_not():
+    m = doses.Doses(_with(), None, DAY1)
+    m.refilled(DAY1)
+    _run(m, DAY1, MORGEN + 3600)
+    # ending on the 25th: the compartments after it are never opened, what they hold is moot
+    short = _sched(_base_doses(), end="2026-11-25")
+    assert doses.Doses(short, m.state(), None).fill_upto == 28
+    # a fill for a schedule ending on the 25th, extended: compartment 10 onwards are empty
+    m = doses.Doses(short, None, DAY1)
+    m.refilled(DAY1)
+    assert m.fill_sig.endswith("-" * 8 * 19)
+    _run(m, DAY1, MORGEN + 3600)
+    longer = doses.Doses(_with(), m.state(), None)
+    assert longer.fill_upto == 9
+    assert longer.update(MORGEN + 3600) == [
+        ("refill", None, "8 left: compartments 10..28 were loaded for another schedule")
+    ]
+
+
+def test_a_refill_restores_the_fill():
+    now = MIDDAG + 30 * 60
+    m2, _ = _filled_then(_with(middag={"time": "21:00"}), now)
+    _run(m2, now, AFTEN - 3600)
+    assert m2.fill_upto == 1 and m2.doses_left(AFTEN - 3600) == 0
+    ev = m2.refilled(AFTEN - 3600)
+    assert ev == [("filled", None, 28)]
+    assert m2.fill_upto == 28 and m2.doses_left(AFTEN - 3600) == 28
+    assert m2.fill_sig == doses.fill_signature(_with(middag={"time": "21:00"}), AFTEN - 3600)
+    got = _opened(m2, AFTEN - 3600, DAY2 + 86400)
+    # from the new fill: the evening dose is compartment 1, tonight's noon dose (moved to
+    # 21:00) is 2 but was given at noon already, then tomorrow's doses 3, 4, 5
+    assert [(o[1], k) for o, k in got] == [
+        ("aften", 1),
+        ("morgen", 3),
+        ("aften", 4),
+        ("middag", 5),
+    ]
+    # and the next boot keeps it
+    import json
+
+    m3 = doses.Doses(_with(middag={"time": "21:00"}), json.loads(json.dumps(m2.state())), None)
+    assert m3.fill_upto == 28 and m3._cut is None
+
+
+def test_the_cut_is_kept_across_boots_and_a_revert():
+    import json
+
+    now = MIDDAG + 30 * 60
+    m2, before = _filled_then(_with(middag={"time": "21:00"}), now)
+    _run(m2, now, now + 600)
+    state = json.loads(json.dumps(m2.state()))
+    assert state["fill_upto"] == 1 and state["fill_sig"] == before["fill_sig"]
+    again = doses.Doses(_with(middag={"time": "21:00"}), state, None)
+    assert again.fill_upto == 1 and _cut_said(again.update(now + 700)) == []
+    # pushing the old schedule back does not lift it: only a refill does
+    back = doses.Doses(_with(), state, None)
+    assert back.fill_upto == 1 and back.doses_left(now + 700) == 0
+
+
+def test_an_old_state_without_a_signature_adopts_the_schedule_in_force():
+    import json
+
+    m = doses.Doses(_with(), None, DAY1)
+    m.refilled(DAY1)
+    _run(m, DAY1, MORGEN + 2 * 3600)
+    old = json.loads(json.dumps(m.state()))
+    del old["fill_sig"], old["fill_upto"]
+    # a firmware update: the same schedule, a state from before fills were signed
+    up = doses.Doses(_with(), old, None)
+    assert up.fill_sig == m.fill_sig and up.fill_upto == 28
+    assert _opened(up, MORGEN + 2 * 3600, MIDDAG + 600) == [((MIDDAG, "middag"), 2)]
+    # and the next change is checked against it
+    state = json.loads(json.dumps(up.state()))
+    assert doses.Doses(_with(middag={"time": "21:00"}), state, None).fill_upto == 1
+
+
+def test_first_mismatch():
+    a, b, e = "%08x" % 1, "%08x" % 2, "-" * 8
+    assert doses.first_mismatch(a + b + a, a + b + a) is None
+    assert doses.first_mismatch(a + b + a, a + a + b) == 2
+    assert doses.first_mismatch(a + b + a, a + a + b, 3) == 3
+    assert doses.first_mismatch(a + b + a, a + a + b, 4) is None
+    assert doses.first_mismatch(a + b + a, a + e + e) is None  # never opened: moot
+    assert doses.first_mismatch(a + e, a + b) == 2  # loaded empty, would open: not loaded
+    assert doses.first_mismatch(a, a + b) == 2  # beyond the old carousel's compartments
+
+
+def test_a_dose_moved_to_before_now_keeps_the_fill_and_is_offered_late():
+    # At 11:00 the noon dose (not given yet) moves to 10:45: still the second of the day.
+    now = MORGEN + 3 * 3600
+    m2, _ = _filled_then(_with(middag={"time": "10:45"}), now)
+    assert m2.fill_upto == 28
+    ev = m2.update(now)
+    assert ("due", (MORGEN + 2 * 3600 + 45 * 60, "middag"), "late") in ev
+    assert m2.view["compartment"] == 2
