@@ -124,6 +124,13 @@ class Link:
         self.store.save(_KEYFILE, {"key": binascii.hexlify(key).decode(), "floor": 0})
         self._key = key
         self.pair_until = None
+        app = self.app
+        if app is not None and app.service:
+            # Pairing done: back to the citizen's screen, and the next press of the service
+            # button opens a new window (one press, not two).
+            app.service = False
+            app.emit("service", None, "off")
+            app.disp_wake.set()
         self._emit("paired", None, "")
         return binascii.hexlify(key).decode()
 
@@ -277,7 +284,8 @@ class Link:
             return
         entry = self.cmds.lookup(cmd, self.board)
         if entry is None:
-            await self._error(rid, "unknown_cmd", "no command %s" % cmd[:40])
+            # The name is not echoed: a reply must stay valid UTF-8 whatever was sent.
+            await self._error(rid, "unknown_cmd", "no such command (see docs/protocol.md)")
             return
         fn, needs_auth = entry
         ctr = None
@@ -285,7 +293,9 @@ class Link:
             why = self._check(req, line)
             if why is not None:
                 self.refuse(why.code)
-                await self._error(rid, why.code, why.msg, why.extra)
+                # A replay refusal is signed (the mac was good): a host may trust its "min".
+                sign = req.get("ctr") if why.code == "replay" else None
+                await self._error(rid, why.code, why.msg, why.extra, sign)
                 return
             ctr = req["ctr"]
         args = req.get("args", {})

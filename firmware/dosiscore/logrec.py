@@ -164,7 +164,17 @@ NAMES = (
 # Records whose durability can wait a little when the flash-sync budget runs low (they repeat,
 # or they only qualify a record that is flushed at once). Everything else is flushed at once
 # while any sync is left. See dispenser/doselog.py, "Flash wear".
-CHATTER = (LOUDER, PRESS, MAINS_RESTORED, BATTERY_OK, SERVICE, FAULT_CLEARED, CLOCK_HELD)
+# AUTH_FAIL: a flood of forged requests must not spend the syncs dose records need.
+CHATTER = (
+    LOUDER,
+    PRESS,
+    MAINS_RESTORED,
+    BATTERY_OK,
+    SERVICE,
+    FAULT_CLEARED,
+    CLOCK_HELD,
+    AUTH_FAIL,
+)
 
 # -- codes for `small` ------------------------------------------------------------------------
 REASONS = (

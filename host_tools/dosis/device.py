@@ -239,12 +239,14 @@ class Device:
 
     def _verify(self, p: _Pending, obj: dict[str, Any], raw: bytes) -> None:
         """A signed reply must verify under our key and carry our counter. An unsigned
-        refusal is accepted (a device without our key cannot sign it); it changes nothing."""
+        refusal is accepted (a device without our key cannot sign it); it changes nothing.
+        A `replay` refusal must be signed: its "min" moves our counter, and a forged one
+        could otherwise push it out of reach."""
         if p.key is None:
             return
         m = _MAC_TAIL.search(raw)
         if m is None:
-            if obj.get("ok") is False:
+            if obj.get("ok") is False and obj.get("err") != "replay":
                 return
             raise AuthError(
                 f"the reply of {self.name} to '{p.cmd}' is not signed: is another device "

@@ -222,6 +222,19 @@ def test_replay_moves_the_counter_and_retries_once(ks):
     assert Keystore(ks.path).next_ctr(DEV) > accepted["ctr"]  # persisted
 
 
+def test_an_unsigned_replay_refusal_moves_nothing(ks):
+    """A forged "replay" with a huge "min" (anyone on the link can send one) must not push our
+    counter out of reach: only the device's signed refusal moves it."""
+    dev, fake, _ = _device(ks)
+    fake.last_ctr = 10**17
+    fake.unsigned = True
+    before = Keystore(ks.path).next_ctr(DEV)
+    with pytest.raises(AuthError):
+        dev.call("info")
+    assert sum(1 for r in fake.requests if r["cmd"] == "info") == 1  # no retry
+    assert Keystore(ks.path).next_ctr(DEV) < 10**17 > before
+
+
 def test_replay_twice_is_an_auth_error(ks):
     dev, fake, _ = _device(ks)
     fake.always_replay = True
