@@ -331,6 +331,8 @@ class Link:
             return Refused("auth", "missing or malformed mac")
         if line[-_MAC_TAIL:] != b',"mac":"' + mac.encode() + b'"}':
             return Refused("auth", "mac must be the last member")
+        if mac != mac.lower():
+            return Refused("auth", "mac must be lowercase hex")
         try:
             got = binascii.unhexlify(mac)
         except ValueError:

@@ -270,6 +270,9 @@ def test_mac_not_last_is_auth(bench):
     rid2, _, line2 = dev.signed("settings", {"volume": 1})
     esc = b"\\u%04x" % line2[-MAC_TAIL + 8]
     bad.append((rid2, line2[: -MAC_TAIL + 8] + esc + line2[-MAC_TAIL + 9 :]))
+    # the right mac in uppercase hex: the spec says lowercase, one spelling only
+    rid3, _, line3 = dev.signed("settings", {"volume": 1})
+    bad.append((rid3, line3[:-MAC_TAIL] + line3[-MAC_TAIL:].upper().replace(b"MAC", b"mac")))
     for r, b in bad:
         dev.send_raw(b + b"\n")
         refused(dev.take(r), "auth")
