@@ -19,6 +19,7 @@ from dosiscore.schedule import ScheduleError, canonical, content_hash
 
 from . import __version__, cli_device, schedules
 from .cli_device import load_or_report as _load_or_report
+from .cli_firmware import firmware
 from .cli_hardware import hardware
 from .cli_sim import devices, sim
 from .errors import DosisError
@@ -181,6 +182,7 @@ cli.add_command(cli_device.settings)
 cli.add_command(cli_device.fill)
 cli.add_command(cli_device.selftest)
 cli.add_command(sim)
+cli.add_command(firmware)
 cli.add_command(devices)
 
 
