@@ -304,7 +304,7 @@ def import_order():
             if f.stem != "__init__" and "%s.%s" % (pkg, f.stem) not in _NOT_IMPORTED:
                 mods["%s.%s" % (pkg, f.stem)] = f
     deps = {m: _top_imports(f, mods) for m, f in mods.items()}
-    late = [m for m in mods if m.startswith("sim.") or m == "dispenser.simhw"]
+    late = [m for m in mods if m.startswith("sim.")]
     late.insert(0, "dosiscore.schedule")
     order = ["asyncio"]
     seen = set()

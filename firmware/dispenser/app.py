@@ -53,6 +53,19 @@ FAULT_KEYS = {
 }
 
 
+class _Unplugged:
+    """An output that does nothing: the light and the buzzer once the app holds for service."""
+
+    def value(self, v=None):
+        return 0
+
+    def freq(self, hz=None):
+        return 0
+
+    def duty_u16(self, d=None):
+        return 0
+
+
 class App:
     def __init__(self, board, doc, store, emit, lang=None, state=None, log=None):
         self.board = board
@@ -466,6 +479,54 @@ class App:
                 self.emit("fault", None, "watchdog will reset: %s" % why)
             await self.clock.sleep(2)
 
+    async def hold_for_service(self):
+        """Stop dispensing for a technician (the `service` command, docs/protocol.md).
+
+        Refuses, changing nothing, while a dose is open (available or due: its light, tone
+        and compartment must not stop half-way) or the carousel moves: returns why. Else it
+        stops every further move, closes the carousel if it is open (unless a carousel fault
+        forbids motion), puts out the light and the tone, shows the service screen and saves
+        the dose state; returns None. The caller then leaves the event loop: the tasks never
+        run again, and only a reset starts the app again."""
+        occ = self.doses.view["occ"]
+        want = self.want
+        if occ is not None or (want is not None and want[0] == "open"):
+            if occ is None:
+                return "a compartment is open: try again once it has closed"
+            return "dose %s is open (%s): try again once it is taken or locked" % (
+                occ[1],
+                self._hhmm(occ[0]),
+            )
+        if self.moving:
+            return "the carousel is moving: try again in a few seconds"
+        may_move = self.ready and not self.blocked()
+        self.ready = False  # the carousel task starts no move from now on
+        self.want = ("closed", None, None)
+        self.alerts.set(None, 0)
+        self.alerts.quiet()
+        # Until the loop stops the alerts task may still cycle (a dose due meanwhile): it
+        # drives nothing any more, so the light and the tone stay off.
+        self.alerts.led = self.alerts.buzzer = _Unplugged()
+        if may_move and not self.carousel.is_closed():
+            self.moving = True
+            try:
+                await self.carousel.close()
+                self.moves += 1
+                self.emit("closed", None, "service")
+            except carousel_mod.CarouselFault as e:  # logged; the technician is there
+                self.fault(e.code, str(e))
+            finally:
+                self.moving = False
+        self.service = True
+        self.last_screen = ("service", {"text": "REPL"})
+        if self.display is not None:
+            try:
+                self.display.show("service", {"text": "REPL"}, self.lang)
+            except OSError:
+                pass
+        self.store.save("doses.json", self.doses.state())
+        return None
+
     async def _guard(self, name, coro):
         try:
             await coro
@@ -481,6 +542,7 @@ class App:
     def start(self):
         """Create the tasks; returns them (the caller owns the loop)."""
         wdt = self.board.watchdog(8000)
+        self.wdt = wdt  # the service hand-over feeds it (main.py): it cannot be stopped
         tasks = []
         for name, coro in (
             ("doses", self.doses_task()),

@@ -17,6 +17,9 @@ _LOG_N = 170  # records per log.read: one flash block (4080 bytes)
 _LANGS = ("da", "en")
 _TONES = ("normal", "low")
 _MODES = ("normal", "assisted", "paused", "travel")
+# The service session's budget: the REPL keeps the watchdog fed this long, then the device
+# resets back into the app (docs/protocol.md, "Service mode"; main.py, sim/rawrepl.py).
+SERVICE_S = 900
 
 
 def _int(args, name, lo, hi):
@@ -64,7 +67,20 @@ async def hello(link, args):
         "board": link.board.name,
         "paired": link.paired(),
         "pairing": link.pairing(),
+        "update": _update_state(link),
     }
+
+
+def _update_state(link):
+    """The last app update: "trial", "ok", "rolled_back" (see boot.py), or None."""
+    import json
+
+    try:
+        with open((link.code_root or "") + "/deploy.json") as f:
+            st = json.load(f).get("state")
+        return st if isinstance(st, str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 async def pair(link, args):
@@ -345,6 +361,29 @@ async def monitor(link, args):
     return {"on": link.monitoring}
 
 
+async def service(link, args):
+    """Hand the REPL to a technician: the only way to it on a production device.
+
+    Refused (busy, and nothing changes) while a dose is open or the carousel moves. Else the
+    app stops dispensing safely (App.hold_for_service: carousel closed, light and tone off,
+    dose state saved), a "service" event is logged and the log synced, and the link stops
+    once this reply is written (`link.repl`; main.py or sim.serve then leave the app)."""
+    app = link.app
+    if app is not None:
+        why = await app.hold_for_service()
+        if why is not None:
+            raise Refused("busy", why)
+        app.emit("service", None, "repl")
+    else:
+        link._emit("service", None, "repl")
+    if link.log is not None:
+        link.log.sync()  # the REPL may end in a reset or a power cut: nothing is lost
+    link.repl = True
+    link.reboot = True  # the link returns from run() once the reply is written
+    # No app, no watchdog started: nothing will reset the device, no budget.
+    return {"repl": True, "budget_s": SERVICE_S if app is not None else None}
+
+
 # -- the simulated board's hooks (physical actions: no key) --------------------------------------
 
 
@@ -406,8 +445,27 @@ _TABLE = {
     "selftest": (selftest, True),
     "display.snapshot": (snapshot, True),
     "monitor": (monitor, True),
+    "service": (service, True),
 }
+
+
+async def sim_outputs(link, args):
+    """What a person would see and hear (the light, the tone, the opening), for HIL tests."""
+    board = link.board
+    app = link.app
+    return {
+        "led": board.led.value(),
+        "buzzer_duty": board.buzzer.duty,
+        "buzzer_hz": board.buzzer.hz,
+        "beeps": app.alerts.beeps if app is not None else 0,
+        "moves": app.moves if app is not None else 0,
+        "at": board.motor.opening() or None,  # the compartment physically at the opening
+        "steps": board.motor.steps,
+    }
+
+
 _SIM = {
+    "sim.outputs": sim_outputs,
     "sim.press": sim_press,
     "sim.take": sim_take,
     "sim.jam": sim_jam,

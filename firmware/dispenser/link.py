@@ -83,6 +83,7 @@ class Link:
         self._ev_dropped = 0
         self.monitoring = False
         self.pair_until = None  # clock ticks (ms) until which pairing is allowed
+        self.code_root = ""  # the app's filesystem root: deploy.json (see boot.py) lives there
         self.refused = 0
         self.unlogged = 0  # refusals over the logging budget (see refuse())
         self._fail_tokens = _FAIL_BURST

@@ -1,6 +1,6 @@
 """A simulated board with the same attributes as the ESP32 board (see docs/firmware.md).
 
-Motor, home sensor and beam come from `dispenser.simhw`; the buzzer, the light and the motor
+Motor, home sensor and beam come from `sim.simhw`; the buzzer, the light and the motor
 are recorded with virtual timestamps; the display is the real SSD1306 driver on a bus that
 keeps the last frame; the DS3231 is emulated on the same bus; buttons and mains are
 injectable. Files live under `state_dir`, so a "power cut" (a new process on the same
@@ -11,10 +11,10 @@ import asyncio
 import json
 import os
 
-from dispenser import simhw
 from dispenser.clock import SimClock
 from dispenser.ds3231 import ADDR as RTC_ADDR
 from dispenser.ds3231 import FakeDS3231
+from sim import simhw
 
 _LOG_MAX = 2000  # recent changes kept: a month of beeping must not fill the heap
 

@@ -2,9 +2,9 @@
 
 `build_bundle` compiles the app in `firmware/` (the packages `dosiscore` and `dispenser`) with
 mpy-cross into a directory a technician puts on a device. `boot.py` and `main.py` stay source:
-MicroPython runs only a .py for those two. The simulator (`sim/`, and `dispenser/simhw.py`,
-the simulated carousel hardware only `sim/` imports) and the tool configuration
-(`pyrightconfig.json`) are left out. The directory holds:
+MicroPython runs only a .py for those two. The simulator (`sim/`, with its simulated
+hardware `sim/simhw.py`; a stale `dispenser/simhw.py` from older trees is refused too) and the
+tool configuration (`pyrightconfig.json`) are left out. The directory holds:
 
 - the device's files: `boot.py`, `main.py`, `dosiscore/*.mpy`, `dispenser/*.mpy`; only the
   files listed in `manifest.json` go on a device;

@@ -18,8 +18,8 @@ from dispenser.carousel import (
     closed_after,
     compartment,
 )
-from dispenser.simhw import IRQ_FALLING, IRQ_RISING, SimMotor, SimPin
 from dispenser.stepper import SEQ, Stepper
+from sim.simhw import IRQ_FALLING, IRQ_RISING, SimMotor, SimPin
 
 
 def _sleep_ms_cpython(ms):

@@ -9,10 +9,10 @@ from dispenser.alerts import Alerts
 from dispenser.buttons import Buttons
 from dispenser.clock import SimClock
 from dispenser.ds3231 import ADDR, DS3231, FakeDS3231, _bcd, _tobcd
-from dispenser.simhw import IRQ_FALLING, SimPin
 from dispenser.store import Journal, Store
 from dosiscore import civil
 from sim.board import RecPin, RecPWM
+from sim.simhw import IRQ_FALLING, SimPin
 from test_clock import warp_run  # also gives dispenser.clock its MicroPython calls on CPython
 
 # -- alerts ------------------------------------------------------------------------------------
