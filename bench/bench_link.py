@@ -53,12 +53,7 @@ def fill_log(state: Path, days: int, end_utc: int) -> None:
 def pull(port: str, keys: Keystore, first: bool) -> tuple[int, float]:
     with open_device(port, keystore=keys, timeout=10) as dev:
         if first:
-            dev.call("sim.press", {"button": "service"})
-            for _ in range(50):
-                if dev.hello().get("pairing"):
-                    break
-                time.sleep(0.1)
-            dev.pair()
+            ops.pair_virtual(dev)
         info = dev.call("info")
         last = int(info["log"]["last"])
         t0 = time.perf_counter()

@@ -66,12 +66,7 @@ def main() -> None:
         hello = dev.hello()
         say(f"hello: device {hello['device']}, firmware {hello['fw']}, protocol {hello['proto']}")
         say("== pairing: the nurse presses the service button, then runs 'dosis pair'")
-        dev.call("sim.press", {"button": "service"})
-        for _ in range(50):
-            if dev.hello().get("pairing"):
-                break
-            time.sleep(0.1)
-        say(f"paired with {dev.pair()} (key kept in {keys.path}, mode 0600)")
+        say(f"paired with {ops.pair_virtual(dev)} (key kept in {keys.path}, mode 0600)")
         say("== dosis schedule push examples/schedule.toml")
         plan = ops.plan_push(dev, doc)
         for c in plan.changes:

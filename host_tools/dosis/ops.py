@@ -171,6 +171,18 @@ def pair(dev: DeviceLike) -> str:
         raise
 
 
+def pair_virtual(dev: DeviceLike, wait: float = 5.0) -> str:
+    """Pair with a virtual dispenser: its service button pressed through the `sim.press` hook
+    (a hand on the device), then `pair` once the window is open. The device id."""
+    dev.call("sim.press", {"button": "service"})
+    until = time.monotonic() + wait
+    while not dev.hello().get("pairing"):
+        if time.monotonic() > until:
+            raise NotPairingError("the virtual dispenser did not open its pairing window")
+        time.sleep(0.05)
+    return dev.pair()
+
+
 def device_info(dev: DeviceLike) -> dict[str, Any]:
     """hello and info in one dict: proto, fw, device, board, paired, then info's fields."""
     hello = dev.hello()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dosis import bundle, deploy
+from dosis import bundle, deploy, ops
 from dosis.device import open_device
 from dosis.errors import DosisError
 from dosis.keystore import Keystore
@@ -41,12 +41,7 @@ def world(tmp_path_factory):
     )
     port = sim.start()
     with open_device(port, keystore=keys, timeout=10) as dev:
-        dev.call("sim.press", {"button": "service"})
-        for _ in range(50):
-            if dev.hello().get("pairing"):
-                break
-            time.sleep(0.1)
-        dev.pair()
+        ops.pair_virtual(dev)
     yield {"tmp": tmp, "keys": keys, "port": port, "sim": sim, "log": tmp / "firmware.log"}
     sim.stop()
     log.close()

@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from dosis import ports
+from dosis import ops, ports
 from dosis.device import Device, open_device
 from dosis.keystore import Keystore
 from dosis.simhost import VirtualDispenser
@@ -870,12 +870,7 @@ def test_26_fill_and_selftest(w: World, tmp_path: Path) -> None:
     try:
         env = dict(w.env, DOSIS_PORT=port)
         with device(w, port) as dev:
-            dev.call("sim.press", {"button": "service"})
-            for _ in range(50):
-                if dev.hello().get("pairing"):
-                    break
-                time.sleep(0.1)
-            dev.pair()
+            ops.pair_virtual(dev)
         r = dosis(w, "fill", input="n\n", env=env)
         assert r.code == 1 and "aborted" in r.err, str(r)
         r = ok(dosis(w, "fill", "--yes", env=env))
