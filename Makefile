@@ -26,6 +26,7 @@ MICROPYPATH_TEST := $(MICROPYPATH_FW):$(CURDIR)/tests/fw
 export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
 
 .PHONY: help setup demo test lint typecheck mpy pytest mptest bench bench-firmware bench-link \
+    bench-deploy \
     campaign clean
 
 help:
@@ -36,6 +37,7 @@ help:
 	@echo "make bench-firmware  the firmware on the simulated board: latency, loop holds, heap,"
 	@echo "                idle CPU, .mpy sizes, flash writes (a few minutes; bench/RESULTS.md)"
 	@echo "make bench-link log pull throughput over the virtual dispenser at 115200 baud"
+	@echo "make bench-deploy deploy times and log pull vs mpremote fs cp at 115200 baud"
 	@echo "make campaign   power-cut campaign: $(CAMPAIGN_CUTS) SIGKILLs of the firmware on the simulated"
 	@echo "                board, invariants checked after each (about 20 minutes; bench/RESULTS.md)"
 	@echo "make clean      remove $(VENV), $(BUILD)/ and caches"
@@ -108,6 +110,10 @@ bench-firmware: $(STAMP) mpy
 # `dosis log pull`'s path (pipelined log.read) over a pseudo-terminal throttled to a UART.
 bench-link: $(STAMP)
 	$(BIN)/python bench/bench_link.py --days 60
+
+# Deploy (whole app, one file) and log pull vs mpremote's file copy, at 115200 baud.
+bench-deploy: $(STAMP)
+	$(BIN)/python bench/bench_deploy.py --days 30
 
 # The power-cut campaign (tests/campaign.py; `make test` runs a 100-cut one): the firmware on
 # the simulated board killed with SIGKILL at random instants and restarted, the flash checked
