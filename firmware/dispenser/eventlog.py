@@ -100,7 +100,7 @@ class LogSink:
             elif kind == "mode":
                 small = R.code_of(R.MODES, text)
             elif kind == "service":
-                small = 1 if text == "on" else 0
+                small = 2 if text == "repl" else 1 if text == "on" else 0
             elif kind == "fault_cleared":
                 small = _fault_code(text)
             elif kind == "rtc_lost":

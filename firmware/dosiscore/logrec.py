@@ -82,7 +82,7 @@ FILLED = const(26)  # the carousel was refilled; small = compartments
 DISPLAY_FAULT = const(27)  # E8; detail = errno
 BUTTON_STUCK = const(28)  # E7
 RECOVERED = const(29)  # carousel re-found after a cut mid-move; detail = target compartment
-SERVICE = const(30)  # service mode; small 1 on / 0 off
+SERVICE = const(30)  # service mode; small 1 on / 0 off / 2 the REPL handed over (a deploy)
 FAULT = const(31)  # any other fault: small = fault code, detail = errno or a number
 FAULT_CLEARED = const(32)  # small = fault code
 # Clock and schedule

@@ -966,6 +966,10 @@ def _note(kind: int, occ: int, detail: int, small: int) -> str:
         )
     if kind in (R.BATTERY_LOW, R.BATTERY_OK):
         return f"{detail} mV"
+    if kind == R.SERVICE:
+        return ("off", "on", "REPL handed over")[small] if small < 3 else ""
+    if kind == R.AUTH_FAIL:
+        return _name(R.AUTH_REASONS, small)
     if kind == R.REFILL:
         return f"{small} doses left"
     if kind == R.FILLED:
