@@ -228,12 +228,14 @@ def _service(port: str, keystore: Keystore | None, timeout: float) -> str | None
     return version
 
 
-def _enter_repl(port: str) -> Any:
+def _enter_repl(port: str, soft_reset: bool = False) -> Any:
     from mpremote.transport import TransportError
 
     t = _transport(port)
     try:
-        t.enter_raw_repl(soft_reset=False)  # a soft reset would start the app again
+        # In service mode a soft reset would start the app again (and, on the ESP32, stop the
+        # watchdog's feeder): never there. A freshly flashed board has no app: a clean start.
+        t.enter_raw_repl(soft_reset=soft_reset)
     except TransportError as e:
         t.close()
         raise LinkError(f"{port}: no REPL after the service command ({e})") from None
@@ -276,16 +278,23 @@ def deploy_bundle(
     boot_wait: float = 40.0,
     on_step: Callable[[str], None] | None = None,
     on_file: Callable[[str, int], None] | None = None,
+    fresh: bool = False,
 ) -> DeployResult:
-    """Deploy the bundle in `bundle_dir` to the paired dispenser on `port` (see the module)."""
+    """Deploy the bundle in `bundle_dir` to the paired dispenser on `port` (see the module).
+
+    `fresh`: a board that runs MicroPython and no app yet (just flashed): its REPL is open
+    already, so there is no `service` step and nothing to pair."""
     say = on_step or (lambda _s: None)
     bundle = Path(bundle_dir)
     manifest = load_manifest(bundle)
     t0 = time.monotonic()
-    say("asking the dispenser to stop its dose loop and hand over the REPL")
-    before = _service(port, keystore, timeout)
+    if fresh:
+        before = None
+    else:
+        say("asking the dispenser to stop its dose loop and hand over the REPL")
+        before = _service(port, keystore, timeout)
     res = DeployResult(before, None)
-    t = _enter_repl(port)
+    t = _enter_repl(port, soft_reset=fresh)
     try:
         say("comparing the device's files with the bundle")
         have = device_hashes(t)
@@ -372,7 +381,8 @@ def _confirm_version(
             hello = dev.hello()
             seen = hello.get("fw")
             if seen == manifest.version:
-                dev.call("info")  # the app itself answers, signed: it runs
+                if hello.get("paired"):
+                    dev.call("info")  # the app itself answers, signed: it runs
                 return seen
             if hello.get("update") == "rolled_back":
                 break

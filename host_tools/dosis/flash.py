@@ -560,15 +560,36 @@ def _say(text: str) -> None:
     help="Do not erase first: only the image's own area is rewritten.",
 )
 @click.option("-y", "--yes", is_flag=True, help="Erase without asking.")
-def flash_command(image: Path, port: str | None, baud: int, no_erase: bool, yes: bool) -> None:
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    default="build/bundle",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The app to install after MicroPython ('dosis firmware build' makes it).",
+)
+@click.option("--no-app", is_flag=True, help="Install MicroPython only, not the app.")
+def flash_command(
+    image: Path,
+    port: str | None,
+    baud: int,
+    no_erase: bool,
+    yes: bool,
+    bundle_dir: Path,
+    no_app: bool,
+) -> None:
     """Flash MicroPython onto an ESP32 board, erasing it first.
 
     \b
     The image goes where the chip expects it (0x1000 on the ESP32 and ESP32-S2, 0x0 on the
     ESP32-S3, -C3, -C6); esptool compresses and verifies it; the board is reset afterwards.
-    If no chip answers, hold BOOT while pressing EN. This installs MicroPython only: the app
-    is deployed next with 'dosis firmware deploy'."""
+    If no chip answers, hold BOOT while pressing EN. Then the app from --bundle is installed
+    through the REPL (unless --no-app). Nothing is paired: that is the nurse's step."""
     read_image(image)  # a wrong file is refused before any port is looked for
+    if not no_app:
+        from .bundle import load_manifest
+
+        load_manifest(bundle_dir)  # a missing bundle is refused before anything is erased
     port = ports.resolve_port(port)
     if not no_erase and not yes:
         click.confirm(
@@ -589,4 +610,14 @@ def flash_command(image: Path, port: str | None, baud: int, no_erase: bool, yes:
         f"flashed MicroPython onto {board}: {_size_text(r.bytes_written)} at 0x{r.offset:X} "
         f"in {r.seconds:.0f} s"
     )
-    _say(f"now deploy the app: dosis firmware deploy --port {port}")
+    if no_app:
+        _say(f"now install the app: dosis firmware deploy --port {port}")
+        return
+    from .deploy import deploy_bundle
+
+    time.sleep(2.0)  # the board boots MicroPython after esptool's reset
+    res = deploy_bundle(port, bundle_dir, fresh=True, on_step=_say)
+    _say(
+        f"installed the app {res.version_after} ({len(res.written)} files); "
+        "pair it with 'dosis pair' after a press of its service button"
+    )

@@ -108,3 +108,15 @@ def test_4_the_same_bundle_again_writes_nothing(world):
     res = deploy.deploy_bundle(world["port"], world["tmp"] / "b2", keystore=world["keys"])
     assert res.written == [] and res.version_after == "0.1.1-test"
     assert "Traceback" not in world["log"].read_text().split("broken on purpose")[-1]
+
+
+def test_5_a_board_in_its_repl_gets_the_app_without_the_service_step(world):
+    """What `dosis firmware flash` does after MicroPython: the REPL is open already (here:
+    the service command opened it), so the app goes on with a clean soft reset first."""
+    bundle.build_bundle(world["tmp"] / "b5")  # the repository's version again
+    deploy._service(world["port"], world["keys"], 10)
+    res = deploy.deploy_bundle(
+        world["port"], world["tmp"] / "b5", fresh=True, keystore=world["keys"]
+    )
+    assert res.version_before is None and res.version_after == VERSION
+    assert res.written == ["dosiscore/__init__.mpy"]

@@ -111,6 +111,8 @@ def cli_with_flash():
 
 
 def run(*args, input=None):
+    # --no-app: these are about MicroPython's part (the app's install has its own tests)
+    args = (*args, "--no-app") if "--app" not in args else tuple(a for a in args if a != "--app")
     return CliRunner().invoke(cli_with_flash(), ["firmware", "flash", *args], input=input)
 
 
@@ -324,7 +326,7 @@ def test_cli_flashes_and_prints_the_next_step(fake, image):
         "flashed MicroPython onto the ESP32 (MAC 24:0a:c4:00:00:01, 4 MB flash): "
         "4 KB at 0x1000 in "
     )
-    assert err[-1] == "now deploy the app: dosis firmware deploy --port /dev/ttyUSB0"
+    assert err[-1] == "now install the app: dosis firmware deploy --port /dev/ttyUSB0"
     assert fake.names() == [
         "detect_chip",
         "prepare",
@@ -397,7 +399,7 @@ def test_cli_too_big_image_is_exit_1(monkeypatch, tmp_path):
 
 def test_cli_port_from_env_or_found(fake, image, monkeypatch):
     r = CliRunner(env={"DOSIS_PORT": "/dev/ttyACM7"}).invoke(
-        cli_with_flash(), ["firmware", "flash", "--micropython", str(image), "--yes"]
+        cli_with_flash(), ["firmware", "flash", "--micropython", str(image), "--yes", "--no-app"]
     )
     assert r.exit_code == 0, r.stderr
     assert fake.calls[0] == ("detect_chip", "/dev/ttyACM7")
@@ -410,7 +412,7 @@ def test_cli_port_from_env_or_found(fake, image, monkeypatch):
     assert fake.calls[-6] == ("detect_chip", "/dev/ttyUSB3")
     assert (
         r.stderr.splitlines()[-1]
-        == "now deploy the app: dosis firmware deploy --port /dev/ttyUSB3"
+        == "now install the app: dosis firmware deploy --port /dev/ttyUSB3"
     )
 
 
@@ -445,3 +447,40 @@ def test_real_esptool_on_a_missing_port(image, tmp_path):
     assert r.exit_code == 3
     assert r.stderr.splitlines()[-1].startswith(f"error: port {port} does not exist: ")
     assert "Traceback" not in r.stderr
+
+
+def test_cli_installs_the_app_after_micropython(fake, image, tmp_path, monkeypatch):
+    """Without --no-app the bundle is installed through the fresh board's REPL, after the
+    flashing (nothing is paired); a missing bundle is refused before anything is erased."""
+    from dosis import bundle, deploy
+
+    calls = []
+
+    def fake_deploy(port, bundle_dir, **kw):
+        calls.append((port, str(bundle_dir), kw.get("fresh"), list(fake.names())))
+        return deploy.DeployResult(None, "9.9.9", written=["main.py"])
+
+    monkeypatch.setattr(deploy, "deploy_bundle", fake_deploy)
+    monkeypatch.setattr("time.sleep", lambda _s: None)
+    missing = tmp_path / "nothing"
+    r = run(
+        "--micropython",
+        str(image),
+        "--port",
+        "/dev/ttyUSB0",
+        "--yes",
+        "--app",
+        "--bundle",
+        str(missing),
+    )
+    assert r.exit_code == 1 and fake.names() == [] and calls == []
+    b = tmp_path / "bundle"
+    bundle.build_bundle(b)
+    r = run(
+        "--micropython", str(image), "--port", "/dev/ttyUSB0", "--yes", "--app", "--bundle", str(b)
+    )
+    assert r.exit_code == 0, r.stderr
+    (port, where, fresh, flashed_before) = calls[0]
+    assert (port, where, fresh) == ("/dev/ttyUSB0", str(b), True)
+    assert "write_flash" in flashed_before and "hard_reset" in flashed_before
+    assert r.stderr.splitlines()[-1].startswith("installed the app 9.9.9 (1 files); pair it")
