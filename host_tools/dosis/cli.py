@@ -21,6 +21,7 @@ from . import __version__, cli_device, schedules
 from .cli_device import load_or_report as _load_or_report
 from .cli_firmware import firmware
 from .cli_hardware import hardware
+from .cli_hil import hil
 from .cli_sim import devices, sim
 from .errors import DosisError
 
@@ -183,6 +184,7 @@ cli.add_command(cli_device.fill)
 cli.add_command(cli_device.selftest)
 cli.add_command(sim)
 cli.add_command(firmware)
+cli.add_command(hil)
 cli.add_command(devices)
 
 
