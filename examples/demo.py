@@ -85,6 +85,7 @@ def main() -> None:
         dev.call("monitor", {"on": True})
         end = now + 24 * 3600 - 3600
         due_seen: dict[str, int] = {}
+        drawn = False
         while now < end:
             now = int(dev.call("sim.advance", {"s": STEP_S})["utc"])
             for ev in dev.events(timeout=0.05):
@@ -94,7 +95,8 @@ def main() -> None:
                 dose = ev.get("dose")
                 if ev.get("ev") == "due" and dose:
                     due_seen[dose] = now
-                    if len(due_seen) == 1:
+                    if not drawn:
+                        drawn = True
                         draw(dev, "a dose is due: light, tone, compartment open")
             for dose, t in list(due_seen.items()):
                 if dose != SKIP and now - t >= 240:
