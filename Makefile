@@ -25,7 +25,7 @@ MICROPYPATH_TEST := $(MICROPYPATH_FW):$(CURDIR)/tests/fw
 # pyright-python would otherwise ask PyPI for its latest version on every run.
 export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
 
-.PHONY: help setup demo test lint typecheck mpy pytest mptest bench bench-firmware bench-link \
+.PHONY: help setup sysdeps demo test lint typecheck mpy pytest mptest bench bench-firmware bench-link \
     bench-deploy \
     campaign clean
 
@@ -60,7 +60,19 @@ demo: $(STAMP)
 
 # Prerequisites run in the order listed, even under -j, so `make test` stops at the first failure.
 .NOTPARALLEL:
-test: lint typecheck mpy pytest mptest
+test: sysdeps lint typecheck mpy pytest mptest
+
+# Debian packages the integration tests need: mosquitto (the MQTT client's tests start private
+# brokers on loopback) and socat. Installed only when missing; sudo only when not root.
+sysdeps:
+	@if ! command -v mosquitto >/dev/null && ! test -x /usr/sbin/mosquitto; then \
+	    SUDO=""; \
+	    if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi; \
+	    echo "installing mosquitto and socat (Debian packages)"; \
+	    $$SUDO apt-get update -q && $$SUDO apt-get install -y -q mosquitto socat || \
+	    { echo "cannot install mosquitto: run 'sudo apt-get install mosquitto socat'" >&2; \
+	      exit 1; }; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
