@@ -9,33 +9,23 @@ after the nurse refills, the doses come from the compartments of the new loading
 Helpers as in test_schedule_change.py.
 """
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from dosis import ops, schedules
+from dosis import ops
 from dosiscore import logrec, schedule
 
-ROOT = Path(__file__).resolve().parents[2]
-MICROPYTHON = Path(sys.executable).parent / "micropython"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pytest's importlib mode: no path
+from scenariorun import example_doc, scenario, write_schedule  # noqa: E402
+
 TODAY = "2026-11-23"
 TOMORROW = "2026-11-24"
 
 
-def _write_schedule(path, doc):
-    path.write_bytes(schedule.canonical(schedule.validate(doc)))
-    return path
-
-
-def _example():
-    return schedules.load_document(ROOT / "examples" / "schedule.toml")
-
-
 def _changed(**times):
-    doc = _example()
+    doc = example_doc()
     for d in doc["dose"]:
         if d["id"] in times:
             d["time"] = times[d["id"]]
@@ -44,68 +34,18 @@ def _changed(**times):
 
 @pytest.fixture
 def example(tmp_path):
-    return _write_schedule(tmp_path / "schedule.json", _example())
+    return write_schedule(tmp_path / "schedule.json", example_doc())
 
 
 @pytest.fixture
 def reordered(tmp_path):
     """The evening dose ("aften") at 12:00 and the noon dose ("middag") at 15:00."""
-    return _write_schedule(tmp_path / "reordered.json", _changed(aften="12:00", middag="15:00"))
+    return write_schedule(tmp_path / "reordered.json", _changed(aften="12:00", middag="15:00"))
 
 
 @pytest.fixture
 def noon_at_13(tmp_path):
-    return _write_schedule(tmp_path / "noon13.json", _changed(middag="13:00"))
-
-
-class Run:
-    def __init__(self, out):
-        self.out = out
-        self.events = []  # (local time, kind, dose id, detail)
-        self.end = None
-        for line in out.splitlines():
-            if line.startswith("EV "):
-                parts = line.split(" ", 4)
-                self.events.append(
-                    (parts[1], parts[2], parts[3], parts[4] if len(parts) > 4 else "")
-                )
-            elif line.startswith("END"):
-                self.end = line
-
-    def find(self, kind, dose=None, day=None):
-        return [
-            e
-            for e in self.events
-            if e[1] == kind
-            and (dose is None or e[2] == dose)
-            and (day is None or e[0].startswith(day))
-        ]
-
-    def at(self, kind, dose=None, day=None):
-        found = self.find(kind, dose, day)
-        assert len(found) == 1, (kind, dose, found)
-        return found[0][0][11:16]
-
-
-def scenario(tmp_path, sched, body, script):
-    d = tmp_path / "state"
-    d.mkdir(exist_ok=True)
-    path = tmp_path / (script + ".txt")
-    path.write_text(f"schedule {sched}\n{body}\n")
-    env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT / 'firmware'}")
-    out = subprocess.run(
-        [str(MICROPYTHON), "-m", "sim.scenario", str(path), str(d)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "Traceback" not in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr
-    run = Run(out.stdout)
-    assert run.end is not None, out.stdout[-2000:]
-    return run
+    return write_schedule(tmp_path / "noon13.json", _changed(middag="13:00"))
 
 
 def _log(state):
@@ -125,7 +65,7 @@ def test_a_reordering_change_opens_nothing_until_the_refill(tmp_path, example, r
         tmp_path,
         example,
         f"start {TODAY} 06:00\nend {TODAY} 14:00\nfill\n08:03 press\n10:00 schedule {reordered}",
-        "before",
+        script="before",
     )
     assert r1.find("opened", "morgen")[0][3] == "compartment 1"
     assert r1.at("taken", "morgen") == "08:03" and r1.end == "END reboot"
@@ -136,7 +76,7 @@ def test_a_reordering_change_opens_nothing_until_the_refill(tmp_path, example, r
         f"start {TODAY} 10:01\nend {TOMORROW} 19:00\n"
         "10:30 screen\n12:05 screen\n12:06 press\n13:00 fill\n13:01 screen\n"
         "15:05 press\n22:05 press\n+1d 08:05 press\n+1d 12:05 press\n+1d 15:05 press",
-        "after",
+        script="after",
     )
     # at boot the fill is found loaded for the old order: said, logged, a refill fault (E6)
     said = r2.find("empty")
@@ -203,14 +143,14 @@ def test_moved_times_keep_the_fill(tmp_path, example, noon_at_13):
         tmp_path,
         example,
         f"start {TODAY} 06:00\nend {TODAY} 14:00\nfill\n08:03 press\n10:00 schedule {noon_at_13}",
-        "before",
+        script="before",
     )
     assert r1.end == "END reboot"
     r2 = scenario(
         tmp_path,
         noon_at_13,
         f"start {TODAY} 10:01\nend {TODAY} 19:00\n13:05 press\n18:05 press",
-        "after",
+        script="after",
     )
     assert r2.find("empty") == [] and r2.find("refill") == []
     assert r2.find("opened", "middag")[0][3] == "compartment 2"
@@ -228,7 +168,7 @@ def test_a_moved_dose_given_before_a_lost_state_is_found_in_the_old_schedules_re
         example,
         f"start {TODAY} 06:00\nend {TODAY} 14:00\nfill\n"
         f"08:03 press\n12:05 press\n12:30 schedule {noon_at_13}",
-        "before",
+        script="before",
     )
     assert r1.at("taken", "middag") == "12:05" and r1.end == "END reboot"
     (tmp_path / "state" / "doses.json").unlink()
@@ -236,7 +176,7 @@ def test_a_moved_dose_given_before_a_lost_state_is_found_in_the_old_schedules_re
         tmp_path,
         noon_at_13,
         f"start {TODAY} 12:31\nend {TODAY} 19:00\n18:05 press",
-        "after",
+        script="after",
     )
     assert r2.find("replayed") and int(r2.find("replayed")[0][3]) >= 2
     offered = [e for e in r2.events if e[2] in ("morgen", "middag")]
@@ -268,11 +208,11 @@ class _Device:
 
 
 def _at(day, hhmm):
-    return ops.fill_instant(schedule.validate(_example()), day, hhmm)
+    return ops.fill_instant(schedule.validate(example_doc()), day, hhmm)
 
 
 def test_push_plan_warns_of_a_refill_only_when_the_order_changes():
-    old = schedule.validate(_example())
+    old = schedule.validate(example_doc())
     ten = _at(TODAY, "10:00")
     moved = ops.plan_push(_Device(old, ten), schedule.validate(_changed(middag="13:00")))
     assert moved.refill is None and [c.kind for c in moved.changes] == ["moved"]
@@ -292,21 +232,21 @@ def test_push_plan_warns_of_a_refill_only_when_the_order_changes():
     # every change that gives a compartment another dose
     for new in (
         _changed(middag="05:00"),  # before the morning dose
-        {**_example(), "dose": [d for d in _example()["dose"] if d["id"] != "middag"]},
+        {**example_doc(), "dose": [d for d in example_doc()["dose"] if d["id"] != "middag"]},
         {
-            **_example(),
+            **example_doc(),
             "dose": [
                 {**d, "items": [{"name": "Metformin 850 mg", "count": 1}]}
                 if d["id"] == "middag"
                 else d
-                for d in _example()["dose"]
+                for d in example_doc()["dose"]
             ],
         },
         {
-            **_example(),
+            **example_doc(),
             "dose": [
                 {**d, "reminder_only": True} if d["id"] == "middag" else d
-                for d in _example()["dose"]
+                for d in example_doc()["dose"]
             ],
         },
     ):
@@ -316,7 +256,7 @@ def test_push_plan_warns_of_a_refill_only_when_the_order_changes():
 def test_host_and_device_agree_on_the_first_compartment_loaded_for_the_old_schedule():
     from dosiscore import doses
 
-    old = schedule.validate(_example())
+    old = schedule.validate(example_doc())
     new = schedule.validate(_changed(aften="12:00", middag="15:00"))
     fill = _at(TODAY, "06:00")
     now = _at(TODAY, "07:00")  # nothing given yet: the device compares from compartment 1

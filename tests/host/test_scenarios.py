@@ -5,80 +5,19 @@ Each test writes a scenario script (see firmware/sim/scenario.py), runs it with 
 """
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from dosis import schedules
-from dosiscore import schedule
-
-ROOT = Path(__file__).resolve().parents[2]
-MICROPYTHON = Path(sys.executable).parent / "micropython"
-
-
-def _write_schedule(path, doc):
-    path.write_bytes(schedule.canonical(schedule.validate(doc)))
-    return path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pytest's importlib mode: no path
+from scenariorun import example_doc, scenario, write_schedule  # noqa: E402
 
 
 @pytest.fixture
 def example(tmp_path):
-    doc = schedules.load_document(ROOT / "examples" / "schedule.toml")
-    return _write_schedule(tmp_path / "schedule.json", doc)
-
-
-class Run:
-    def __init__(self, out):
-        self.out = out
-        self.events = []  # (local time, kind, dose id, detail)
-        self.hw = {}
-        self.end = None
-        for line in out.splitlines():
-            if line.startswith("EV "):
-                parts = line.split(" ", 4)
-                self.events.append(
-                    (parts[1], parts[2], parts[3], parts[4] if len(parts) > 4 else "")
-                )
-            elif line.startswith("HW "):
-                self.hw = {k: int(v) for k, v in (x.split("=") for x in line.split()[1:])}
-            elif line.startswith("END"):
-                self.end = line
-
-    def kinds(self, dose=None):
-        return [e[1] for e in self.events if dose is None or e[2] == dose]
-
-    def find(self, kind, dose=None):
-        return [e for e in self.events if e[1] == kind and (dose is None or e[2] == dose)]
-
-    def at(self, kind, dose=None):
-        """Local HH:MM of the one event of this kind (asserts there is exactly one)."""
-        found = self.find(kind, dose)
-        assert len(found) == 1, (kind, dose, found)
-        return found[0][0][11:16]
-
-
-def scenario(tmp_path, sched, body, state="state"):
-    d = tmp_path / state
-    d.mkdir(exist_ok=True)
-    script = tmp_path / (state + ".txt")
-    script.write_text(f"schedule {sched}\n{body}\n")
-    env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT / 'firmware'}")
-    out = subprocess.run(
-        [str(MICROPYTHON), "-m", "sim.scenario", str(script), str(d)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "Traceback" not in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr
-    run = Run(out.stdout)
-    assert run.end is not None, out.stdout[-2000:]
-    return run
+    doc = example_doc()
+    return write_schedule(tmp_path / "schedule.json", doc)
 
 
 DAY = "start 2026-11-23 06:00\nend 2026-11-23 13:00\nfill\n"
@@ -199,7 +138,7 @@ def test_dst_days_each_dose_once(tmp_path, day):
             {"id": "morgen", "time": "08:00", "items": ["M"]},
         ],
     }
-    sched = _write_schedule(tmp_path / "dst.json", doc)
+    sched = write_schedule(tmp_path / "dst.json", doc)
     import datetime
 
     the_day = datetime.date.fromisoformat(day)

@@ -5,99 +5,31 @@ already taken that day must not be offered again when the new schedule moves it 
 time: a second noon dose would be a double dose. Helpers as in test_scenarios.py.
 """
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from dosis import schedules
-from dosiscore import schedule
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pytest's importlib mode: no path
+from scenariorun import example_doc, scenario, write_schedule  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-MICROPYTHON = Path(sys.executable).parent / "micropython"
 TODAY = "2026-11-23"
 TOMORROW = "2026-11-24"
 
 
-def _write_schedule(path, doc):
-    path.write_bytes(schedule.canonical(schedule.validate(doc)))
-    return path
-
-
-def _example():
-    return schedules.load_document(ROOT / "examples" / "schedule.toml")
-
-
 @pytest.fixture
 def example(tmp_path):
-    return _write_schedule(tmp_path / "schedule.json", _example())
+    return write_schedule(tmp_path / "schedule.json", example_doc())
 
 
 @pytest.fixture
 def noon_at_13(tmp_path):
     """The example schedule with the noon dose ("middag") moved from 12:00 to 13:00."""
-    doc = _example()
+    doc = example_doc()
     middag = [d for d in doc["dose"] if d["id"] == "middag"]
     assert len(middag) == 1 and middag[0]["time"] == "12:00"
     middag[0]["time"] = "13:00"
-    return _write_schedule(tmp_path / "noon13.json", doc)
-
-
-class Run:
-    def __init__(self, out):
-        self.out = out
-        self.events = []  # (local time, kind, dose id, detail)
-        self.end = None
-        for line in out.splitlines():
-            if line.startswith("EV "):
-                parts = line.split(" ", 4)
-                self.events.append(
-                    (parts[1], parts[2], parts[3], parts[4] if len(parts) > 4 else "")
-                )
-            elif line.startswith("END"):
-                self.end = line
-
-    def find(self, kind, dose=None, day=None):
-        return [
-            e
-            for e in self.events
-            if e[1] == kind
-            and (dose is None or e[2] == dose)
-            and (day is None or e[0].startswith(day))
-        ]
-
-    def about(self, dose, day):
-        """Every event of `dose` on local day `day`."""
-        return [e for e in self.events if e[2] == dose and e[0].startswith(day)]
-
-    def at(self, kind, dose=None, day=None):
-        """Local HH:MM of the one event of this kind (asserts there is exactly one)."""
-        found = self.find(kind, dose, day)
-        assert len(found) == 1, (kind, dose, found)
-        return found[0][0][11:16]
-
-
-def scenario(tmp_path, sched, body, state="state", script="run"):
-    d = tmp_path / state
-    d.mkdir(exist_ok=True)
-    path = tmp_path / (script + ".txt")
-    path.write_text(f"schedule {sched}\n{body}\n")
-    env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT / 'firmware'}")
-    out = subprocess.run(
-        [str(MICROPYTHON), "-m", "sim.scenario", str(path), str(d)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "Traceback" not in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr
-    run = Run(out.stdout)
-    assert run.end is not None, out.stdout[-2000:]
-    return run
+    return write_schedule(tmp_path / "noon13.json", doc)
 
 
 def _offered(run, dose, day):
