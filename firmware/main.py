@@ -89,6 +89,11 @@ def main():
 
     link.on_reboot = reboot
     app = runtime.start(board, store, _quiet, link)
+    from dispenser.net import Net
+
+    net = Net(board, store, board.device_id(), VERSION, app, link.log, link.sched_hash)
+    link.net = net  # pyright: ignore[reportAttributeAccessIssue]
+    net.start()  # Wi-Fi, the uplink, NTP: only what `dosis provision` configured
     if app is None:
         link.watch_service()  # no schedule yet: pairing must still be possible
     asyncio.create_task(_confirm_update(app))

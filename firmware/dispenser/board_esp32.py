@@ -92,6 +92,12 @@ class Board:
 
         return "dosis-" + binascii.hexlify(unique_id()[-3:]).decode()
 
+    def wlan(self):
+        """The Wi-Fi station interface (net.py associates it; connect() does not block)."""
+        import network
+
+        return network.WLAN(network.STA_IF)
+
     def watchdog(self, ms):
         """Start the hardware watchdog (at least 1000 ms on the ESP32); it cannot be stopped."""
         from machine import WDT

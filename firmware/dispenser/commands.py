@@ -283,6 +283,81 @@ async def settings(link, args):
     }
 
 
+# -- the network (dispenser/net.py; `dosis provision`) -----------------------------------------
+
+
+def _net_update(link, section, value):
+    from dispenser import net
+
+    cfg = link.store.load(net.CONFIG)
+    cfg = cfg if isinstance(cfg, dict) else {}
+    if value is None:
+        cfg.pop(section, None)
+    else:
+        cfg[section] = value
+    link.store.save(net.CONFIG, cfg)
+    n = getattr(link, "net", None)
+    if n is not None:
+        n.reload()
+    gc.collect()
+    return net.public(cfg)
+
+
+async def net_wifi(link, args):
+    from dispenser import net
+
+    try:
+        w = net.check_wifi(args)
+    except net.Invalid as e:
+        raise Refused("bad_args", str(e))
+    return _net_update(link, "wifi", w)
+
+
+async def net_mqtt(link, args):
+    from dispenser import net
+
+    try:
+        m = net.check_mqtt(args)
+    except net.Invalid as e:
+        raise Refused("bad_args", str(e))
+    if m is not None:
+        if "hb" in args:
+            m["hb"] = _int(args, "hb", 10, 3600)
+        if "backoff" in args:
+            bo = args["backoff"]
+            if (
+                not isinstance(bo, list)
+                or len(bo) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in bo)
+                or not 0.1 <= bo[0] <= bo[1] <= 3600
+            ):
+                raise Refused(
+                    "bad_args", "backoff must be [low, high] seconds, 0.1 <= low <= high"
+                )
+    out = _net_update(link, "mqtt", m)
+    n = getattr(link, "net", None)
+    return out if n is None else n.stats()
+
+
+async def net_ntp(link, args):
+    from dispenser import net
+
+    try:
+        servers = net.check_ntp(args.get("servers"))
+    except net.Invalid as e:
+        raise Refused("bad_args", str(e))
+    return _net_update(link, "ntp", servers or None)
+
+
+async def net_get(link, args):
+    from dispenser import net
+
+    n = getattr(link, "net", None)
+    if n is not None:
+        return n.stats()
+    return net.public(link.store.load(net.CONFIG))
+
+
 def apply_settings(app, s):
     """The stored settings over the schedule's defaults (also called at boot)."""
     if s.get("language") in _LANGS:
@@ -416,6 +491,12 @@ async def sim_mains(link, args):
     return {}
 
 
+async def sim_net(link, args):
+    """The virtual dispenser's Wi-Fi: off (out of range) or on again."""
+    link.board.wlan_up = _bool(args, "up")
+    return {}
+
+
 async def sim_battery(link, args):
     link.board.battery_level_mv = _int(args, "mv", 2500, 4500)
     return {}
@@ -446,6 +527,10 @@ _TABLE = {
     "display.snapshot": (snapshot, True),
     "monitor": (monitor, True),
     "service": (service, True),
+    "net.wifi": (net_wifi, True),
+    "net.mqtt": (net_mqtt, True),
+    "net.ntp": (net_ntp, True),
+    "net.get": (net_get, True),
 }
 
 
@@ -471,6 +556,7 @@ _SIM = {
     "sim.jam": sim_jam,
     "sim.mains": sim_mains,
     "sim.battery": sim_battery,
+    "sim.net": sim_net,
     "sim.advance": sim_advance,
 }
 

@@ -91,6 +91,7 @@ class Link:
         self.lost_lines = 0
         self.reboot = False
         self.up_ms = board.clock.ticks_ms()
+        self.net = None  # dispenser.net.Net, once started (main.py, sim/serve.py)
         saved = store.load(_KEYFILE) or {}
         key = saved.get("key")
         self._key = binascii.unhexlify(key) if isinstance(key, str) and len(key) == 64 else None

@@ -9,16 +9,25 @@ Topics (`<id>` is the pseudonymous device id; nothing else about the person is s
 
 Envelope (binary, little-endian), one message per batch of at most `batch` records:
 
-    offset 0  u8   version = 1
+    offset 0  u8   version: 2 (signed, what a provisioned device sends), 1 (unsigned: tests)
     offset 1  u8   count n (0..255)
     offset 2  u32  from: the seq this batch was read from
     offset 6  u32  next: the seq the next batch starts at (every record of the batch is < next)
     offset 10 n x 24 bytes: the records, verbatim (dosiscore.logrec: seq, CRC and all)
+    (v2 only) 16 bytes: tag = HMAC-SHA256(ukey, topic + b"\n" + bytes 0..10+24n)[:16]
 
 Every seq in [from, next) that is not among the records does not exist and never will (a gap
 the log explains with a LOG_* record, or a record that failed its CRC on flash): the gateway
 may count [from, next) as covered when computing its highest contiguous seq. n = 0 is possible
-(a batch made only of such a gap). With batch = 8 a message is 202 bytes.
+(a batch made only of such a gap). With batch = 8 a v2 message is 218 bytes.
+
+With an uplink key (`ukey`, 32 bytes set by `dosis provision mqtt` and enrolled at the gateway)
+everything is authenticated, topic included, so a message copied onto another device's topic
+fails too (docs/gateway.md): the events (above), the heartbeat on `dosis/<id>/health` (JSON
+whose last member is `"mac"`, over the bytes before `,"mac":`), and the gateway's acks, which
+must then be `{"seq":N,"mac":"<32 hex>"}` with the mac over `{"seq":N`; an unsigned or badly
+signed ack is rejected. The heartbeat goes out every `hb_s` seconds while connected: battery,
+mains, faults, schedule hash, free heap, the log's pointers (the `health` callable's dict).
 
 Delivery: after every (re)connect the uplink sends from `acked + 1` (the log's acknowledgement
 pointer), with at most `window` QoS 1 publishes in flight (each costs the MQTT client ~1.5 KB of
@@ -39,6 +48,7 @@ polls the log) or at once after `kick()`. Reads from the log are synchronous (a 
 """
 
 import asyncio
+import binascii
 import struct
 from random import getrandbits
 from time import ticks_diff, ticks_ms
@@ -46,6 +56,7 @@ from time import ticks_diff, ticks_ms
 from micropython import const
 
 from dispenser.mqtt import Client, MQTTError
+from dosiscore.auth import equal, hmac_sha256
 
 try:
     import json
@@ -53,8 +64,9 @@ except ImportError:  # a build without json: decimal acks only
     json = None
 
 
-VERSION = const(1)
+VERSION = const(2)
 HEADER = const(10)
+TAG = const(16)
 _REC = const(24)  # logrec.RECORD_SIZE
 _MAX_ACK = const(32)  # longest ack payload considered
 
@@ -63,6 +75,49 @@ def topics(device_id):
     """(events, ack, status) topics of a device, as bytes."""
     base = "dosis/%s/" % device_id
     return (base + "events").encode(), (base + "ack").encode(), (base + "status").encode()
+
+
+def tag(ukey, topic, data):
+    """The 16-byte authentication tag of `data` published on `topic`."""
+    h = bytearray(topic)
+    h.extend(b"\n")
+    h.extend(data)
+    return hmac_sha256(ukey, h)[:TAG]
+
+
+def _unhex(s):
+    try:
+        return binascii.unhexlify(s)
+    except ValueError:
+        return None
+
+
+def parse_signed_ack(ukey, topic, payload):
+    """The seq of a signed ack `{"seq":N,"mac":"<32 hex>"}`, or -1 if malformed or forged."""
+    if not payload or len(payload) > 64:
+        return -1
+    p = bytes(payload)
+    i = p.find(b',"mac":"')
+    if i < 8 or not p.startswith(b'{"seq":') or p[-2:] != b'"}' or len(p) != i + 8 + 32 + 2:
+        return -1
+    digits = p[7:i]
+    if not digits or len(digits) > 10:
+        return -1
+    for b in digits:
+        if b < 0x30 or b > 0x39:
+            return -1
+    mac = _unhex(p[i + 8 : i + 40])
+    if mac is None or not equal(mac, tag(ukey, topic, p[:i])):
+        return -1
+    return int(digits)
+
+
+def signed_json(ukey, topic, obj):
+    """`obj` as JSON with a last member "mac" over the bytes before `,"mac":`."""
+    body = json.dumps(obj).encode()  # pyright: ignore[reportOptionalMemberAccess]
+    head = body[:-1]
+    mac = binascii.hexlify(tag(ukey, topic, head))
+    return head + b',"mac":"' + mac + b'"}'
 
 
 def will_of(device_id):
@@ -104,11 +159,15 @@ def parse_ack(payload):
     return int(bytes(payload).decode())
 
 
-def envelope(records, n, from_seq, next_seq):
-    """One message: header + n records from `records` (a buffer of whole 24-byte records)."""
-    out = bytearray(HEADER + n * _REC)
-    struct.pack_into("<BBII", out, 0, VERSION, n, from_seq, next_seq)
-    out[HEADER:] = memoryview(records)[: n * _REC]
+def envelope(records, n, from_seq, next_seq, ukey=None, topic=None):
+    """One message: header + n records from `records` (a buffer of whole 24-byte records),
+    signed (v2) if `ukey` is given (then `topic` is the events topic), else v1."""
+    size = HEADER + n * _REC
+    out = bytearray(size + (TAG if ukey else 0))
+    struct.pack_into("<BBII", out, 0, VERSION if ukey else 1, n, from_seq, next_seq)
+    out[HEADER:size] = memoryview(records)[: n * _REC]
+    if ukey:
+        out[size:] = tag(ukey, topic, memoryview(out)[:size])
     return out
 
 
@@ -127,6 +186,10 @@ class Uplink:
         backoff=(1, 60),
         timeout=10,
         resend_after=300,
+        ukey=None,
+        health=None,
+        hb_s=300,
+        online=None,
     ):
         self._factory = client_factory
         self.log = log
@@ -138,6 +201,13 @@ class Uplink:
         self.timeout = timeout  # connect, subscribe and each publish, in seconds
         self.resend_after = resend_after
         self.t_events, self.t_ack, self.t_status = topics(device_id)
+        self.t_health = ("dosis/%s/health" % device_id).encode()
+        self.ukey = ukey  # None: unsigned v1 messages and plain acks (tests, a lab)
+        self.health = health  # () -> dict for the heartbeat, or None for no heartbeat
+        self.hb_s = hb_s
+        self.online = online  # () -> bool: is the network up (Wi-Fi)? None: always
+        self._t_hb = None
+        self.heartbeats = 0
         self.client = None
         self._buf = bytearray(self.batch * _REC)
         self._wake = asyncio.Event()
@@ -170,6 +240,7 @@ class Uplink:
             "inflight": self._inflight,
             "next": self._next,
             "sent": self._sent_hi,
+            "heartbeats": self.heartbeats,
             "error": self.error,
         }
 
@@ -177,6 +248,9 @@ class Uplink:
 
     async def run(self):
         while True:
+            while self.online is not None and not self.online():
+                self.error = "network down"
+                await asyncio.sleep_ms(1000)
             try:
                 await self._session()
             except Exception as e:  # noqa: BLE001  (the task boundary: record, back off, retry)
@@ -201,7 +275,7 @@ class Uplink:
         # Called from the client's reader task: only checks and records, never blocks.
         if topic != self.t_ack:
             return
-        seq = parse_ack(payload)
+        seq = parse_signed_ack(self.ukey, topic, payload) if self.ukey else parse_ack(payload)
         if seq < 0 or seq > self._sent_hi:
             self.rejected += 1
             return
@@ -238,6 +312,7 @@ class Uplink:
         acked = self.log.stats()["acked"]
         self._next = acked + 1
         self._t_progress = self._ticks()
+        self._t_hb = None
         while True:
             self._wake.clear()
             now = self._ticks()
@@ -246,6 +321,13 @@ class Uplink:
                 raise MQTTError(self._broken)
             if not c.connected:
                 raise MQTTError("connection lost: " + str(c.error))
+            if self.online is not None and not self.online():
+                raise MQTTError("network down")
+            if self.health is not None and (
+                self._t_hb is None or ticks_diff(now, self._t_hb) >= self.hb_s * 1000
+            ):
+                self._t_hb = now
+                self._heartbeat(c, gen)
             acked = self.log.stats()["acked"]
             if (
                 self._inflight == 0
@@ -262,22 +344,38 @@ class Uplink:
                     break
                 if frm == acked + 1:
                     self._t_progress = now  # the clock for resend_after starts with this batch
-                msg = envelope(self._buf, n, frm, nxt)
+                msg = envelope(self._buf, n, frm, nxt, self.ukey, self.t_events)
                 self._next = nxt
                 if nxt - 1 > self._sent_hi:
                     self._sent_hi = nxt - 1
                 self._inflight += 1
-                asyncio.create_task(self._publish(c, msg, gen))
+                asyncio.create_task(self._publish(c, self.t_events, msg, gen))
             try:
                 await asyncio.wait_for_ms(self._wake.wait(), 1000)
             except asyncio.TimeoutError:
                 pass
 
-    async def _publish(self, c, msg, gen):
+    def _heartbeat(self, c, gen):
         try:
-            await c.publish(self.t_events, msg, qos=1, timeout=self.timeout)
+            h = self.health()  # pyright: ignore[reportOptionalCall]
+            if self.ukey:
+                msg = signed_json(self.ukey, self.t_health, h)
+            else:
+                msg = json.dumps(h).encode()  # pyright: ignore[reportOptionalMemberAccess]
+        except Exception as e:  # noqa: BLE001  (a health probe that fails skips one beat)
+            self.error = "health: %s" % e
+            return
+        self._inflight += 1
+        asyncio.create_task(self._publish(c, self.t_health, msg, gen, True))
+
+    async def _publish(self, c, topic, msg, gen, beat=False):
+        try:
+            await c.publish(topic, msg, qos=1, timeout=self.timeout)
             if gen == self._gen:
-                self.published += 1
+                if beat:
+                    self.heartbeats += 1
+                else:
+                    self.published += 1
         except Exception as e:  # noqa: BLE001  (TimeoutError, MQTTError: the link is broken)
             if gen == self._gen and self._broken is None:
                 self._broken = "publish failed: %s %s" % (type(e).__name__, e)

@@ -196,10 +196,32 @@ class FakeNVS:
         os.rename(tmp, self.path)
 
 
+class SimWLAN:
+    """The virtual dispenser's Wi-Fi: associated whenever the board's `wlan_up` is True (the
+    broker itself is real, on loopback). `sim.net` takes it out of range and back."""
+
+    def __init__(self, board):
+        self._board = board
+        self.ssid = None
+
+    def active(self, on=None):
+        return True
+
+    def connect(self, ssid="", psk=""):
+        self.ssid = ssid
+
+    def disconnect(self):
+        pass
+
+    def isconnected(self):
+        return self._board.wlan_up
+
+
 class SimBoard:
     name = "sim"
     step_delay_ms = 0
     beam_verify = True
+    wlan_always = True  # the uplink runs without a Wi-Fi configuration (net.py)
 
     def __init__(self, state_dir, utc=None, speed=0, rtc_lost=False, heartbeat_s=600):
         self.state_dir = state_dir
@@ -226,6 +248,8 @@ class SimBoard:
         self.buzzer = RecPWM(self.clock)
         self.mains = simhw.SimPin(1)
         self.battery_level_mv = 4100
+        self.wlan_up = True
+        self._wlan = SimWLAN(self)
         self.wdt = None
         self._fs = None
         self.display = None
@@ -312,6 +336,9 @@ class SimBoard:
             await self.press(pin, held_s)
         finally:
             self.clock.register(-1)
+
+    def wlan(self):
+        return self._wlan
 
     def fill_all(self, compartments):
         """The nurse put pills in every compartment (the `fill` command on the simulator)."""

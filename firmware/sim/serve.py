@@ -126,6 +126,7 @@ def run(argv):
     # Imported only now: from the deployed app if there is one.
     from dispenser import runtime
     from dispenser.link import Link
+    from dispenser.net import Net
     from dispenser.settings import ABStore
     from dispenser.store import Store
     from dosiscore import VERSION
@@ -163,6 +164,9 @@ def run(argv):
 
     async def main():
         app = runtime.start(board, store, emit, link)
+        net = Net(board, store, board.device_id(), VERSION, app, link.log, link.sched_hash)
+        link.net = net  # pyright: ignore[reportAttributeAccessIssue]
+        net.start()  # the uplink on loopback, if `dosis provision mqtt` configured one
         if app is not None:
             clock.register(8)  # the app's tasks: the warp waits for them (app.start)
         else:

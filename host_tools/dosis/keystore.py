@@ -134,6 +134,30 @@ class Keystore:
                 "ctr": int(old.get("ctr", 0)),
                 "paired": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
             }
+            if _valid_key(old.get("uplink_key", "")):
+                # The device keeps its uplink key (net.json) when it is paired again.
+                doc[device_id]["uplink_key"] = old["uplink_key"]
+            self._save(doc)
+
+    def uplink_key(self, device_id: str) -> bytes | None:
+        """The device's uplink key (set by `dosis provision mqtt`), or None."""
+        entry = self._load().get(device_id)
+        k = None if entry is None else entry.get("uplink_key")
+        return bytes.fromhex(k) if isinstance(k, str) and _valid_key(k) else None
+
+    def set_uplink_key(self, device_id: str, key_hex: str) -> None:
+        """Remember the uplink key given to `device_id` (for `dosis fleet enroll`)."""
+        if not _valid_key(key_hex):
+            raise ValueError("the key must be 64 lowercase hex digits")
+        with self._locked():
+            doc = self._load()
+            entry = doc.get(device_id)
+            if entry is None:
+                raise AuthError(
+                    f"no key for device {device_id} in {self.path}: pair it with 'dosis pair'",
+                    code="no_key",
+                )
+            entry["uplink_key"] = key_hex
             self._save(doc)
 
     def next_ctr(self, device_id: str, at_least: int = 0) -> int:
