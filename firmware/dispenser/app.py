@@ -220,12 +220,14 @@ class App:
             await self.clock.wait(self.kick, wait)
             self.kick.clear()
 
-    def offer_time(self, utc, source, trusted=False):
+    def offer_time(self, utc, source, trusted=False, origin=None):
         """A time source answered (NTP, the nurse's tool). Steps over 120 s need a second
         source to agree unless the source is trusted; the DS3231 follows every accepted step.
         Returns True if the clock was set."""
         cur = self.clock.now() if self.clock.valid() else None
-        new = self.timefilter.offer(cur, utc, self.clock.ticks_ms() // 1000, source, trusted)
+        new = self.timefilter.offer(
+            cur, utc, self.clock.ticks_ms() // 1000, source, trusted, origin
+        )
         if new is None:
             self.emit(
                 "clock_held",

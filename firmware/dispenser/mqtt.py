@@ -209,6 +209,12 @@ class Client:
         self._tasks = []
         try:
             s.close()
+            # MicroPython's Stream.close() does nothing: only wait_closed() (an await) closes
+            # the socket. Close it here, or every reconnect leaks a descriptor (and a TLS
+            # session outside the heap) until a garbage collection.
+            raw = getattr(s, "s", None)
+            if raw is not None:
+                raw.close()
         except OSError:
             pass
         waits = self._waits

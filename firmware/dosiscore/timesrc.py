@@ -4,6 +4,10 @@ A step of at most 120 s is applied at once (drift, a DS3231 holdover error). A l
 needs a second, independent answer that agrees with the first (within 5 s, after allowing for
 the time between them) before it is applied: one bad NTP answer cannot move doses by hours.
 A source the user vouches for (the nurse's authenticated time.set) is applied at once.
+
+"Independent" means a different (source, origin) pair: `source` is the kind ("ntp", "host",
+"rtc"), `origin` which one of that kind answered (an NTP server's address), None when there is
+only one. Two NTP servers agreeing confirm each other; the same server twice does not.
 """
 
 SMALL_STEP = 120
@@ -12,11 +16,12 @@ AGREE = 5
 
 class StepFilter:
     def __init__(self):
-        self.pending = None  # (offset, local monotonic seconds when heard, source)
+        self.pending = None  # (offset, local monotonic seconds when heard, source, origin)
 
-    def offer(self, current, candidate, mono, source, trusted=False):
+    def offer(self, current, candidate, mono, source, trusted=False, origin=None):
         """Decide on `candidate` (UTC s) given the clock's `current` reading and a monotonic
-        seconds counter `mono`. Returns the UTC to step to, or None to keep the clock."""
+        seconds counter `mono`, heard from `source` (and its `origin`, if it has several).
+        Returns the UTC to step to, or None to keep the clock."""
         if current is None or trusted:
             self.pending = None
             return candidate
@@ -25,11 +30,12 @@ class StepFilter:
             self.pending = None
             return candidate
         p = self.pending
-        if p is not None and p[2] != source and abs(offset - p[0]) <= AGREE:
+        same = p is not None and p[2] == source and p[3] == origin
+        if p is not None and not same and abs(offset - p[0]) <= AGREE:
             self.pending = None
             return candidate
-        if p is not None and p[2] == source and mono - p[1] > 3600:
+        if p is not None and same and mono - p[1] > 3600:
             p = None
-        if p is None or p[2] == source:
-            self.pending = (offset, mono, source)
+        if p is None or same:
+            self.pending = (offset, mono, source, origin)
         return None

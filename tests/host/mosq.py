@@ -5,6 +5,13 @@ config and persistence in a temporary directory, and can stop (SIGTERM saves the
 file; SIGKILL does not), restart on the same port, or freeze (SIGSTOP) it. `Peer` is the
 CPython side of the tests: it publishes and subscribes over a plain socket (paho-mqtt is not a
 dependency, and mosquitto_sub may not be installed), with a thread collecting messages.
+
+Options for the uplink's security tests: `Broker(tmp_path, tls=pki)` adds a TLS listener on
+`tls_port` (loopback, TLS 1.2 at least; `pki` from tests/host/tlsca.py: `ca_pem`, `cert`,
+`key`), `users={"name": "password"}` turns anonymous access off and makes a password file with
+mosquitto_passwd, and `acl=[...]` lines ("pattern readwrite dosis/%u/#", "user x",
+"topic read y") become the acl_file. `Peer(broker, user=..., password=..., tls=True)` logs in
+and/or goes over the TLS listener, trusting the PKI's CA.
 """
 
 import os
@@ -12,6 +19,7 @@ import queue
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -19,6 +27,7 @@ import time
 from pathlib import Path
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
 def free_port():
@@ -28,17 +37,35 @@ def free_port():
 
 
 class Broker:
-    """A mosquitto process of its own: `host`, `port`; `start`, `stop`, `kill`, `restart`."""
+    """A mosquitto process of its own: `host`, `port` (and `tls_port` with `tls`); `start`,
+    `stop`, `kill`, `restart`. With `users`, only those may connect; `acl` lines limit them."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, tls=None, users=None, acl=None):
         self.host = "127.0.0.1"
         self.port = free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls is not None else None
         self.dir = tmp_path / "mosquitto"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+        lines = [f"listener {self.port} 127.0.0.1"]
+        if tls is not None:
+            lines += [
+                f"listener {self.tls_port} 127.0.0.1",
+                f"cafile {tls.ca_pem}",
+                f"certfile {tls.cert}",
+                f"keyfile {tls.key}",
+                "tls_version tlsv1.2",  # the minimum: mosquitto 2 offers 1.3 too
+            ]
+        if users:
+            lines += ["allow_anonymous false", f"password_file {self._passwords(users)}"]
+        else:
+            lines.append("allow_anonymous true")
+        if acl is not None:
+            acl_file = self.dir / "acl"
+            acl_file.write_text("\n".join(acl) + "\n")
+            lines.append(f"acl_file {acl_file}")
+        lines += [
             "persistence true",
             f"persistence_location {self.dir}/",
             f"log_dest file {self.dir / 'mosquitto.log'}",
@@ -49,6 +76,23 @@ class Broker:
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc = None
 
+    def _passwords(self, users):
+        if not os.access(MOSQUITTO_PASSWD, os.X_OK):
+            raise RuntimeError(
+                f"Broker(users=...) needs mosquitto_passwd, not found at {MOSQUITTO_PASSWD} "
+                "or on PATH (Debian: it comes with the mosquitto package)"
+            )
+        path = self.dir / "passwords"
+        path.unlink(missing_ok=True)
+        path.touch(mode=0o600)
+        for name, password in users.items():
+            subprocess.run(
+                [MOSQUITTO_PASSWD, "-b", str(path), name, password],
+                check=True,
+                capture_output=True,
+            )
+        return path
+
     def start(self, timeout=10.0):
         self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.conf)],
@@ -56,15 +100,22 @@ class Broker:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log()}")
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log()}")
+        for port in (self.port, self.tls_port):
+            while port is not None:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"mosquitto exited with {self.proc.returncode}: {self.log()}"
+                    )
+                try:
+                    socket.create_connection((self.host, port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"mosquitto did not listen on {port}: {self.log()}"
+                        ) from None
+                    time.sleep(0.05)
+        return self
 
     def log(self):
         p = self.dir / "mosquitto.log"
@@ -119,17 +170,30 @@ def _str(b):
 class Peer:
     """A blocking MQTT 3.1.1 client for the test side; received messages land in `messages`."""
 
-    def __init__(self, broker, client_id="pytest-peer"):
-        self.sock = socket.create_connection((broker.host, broker.port), timeout=5)
+    def __init__(self, broker, client_id="pytest-peer", user=None, password=None, tls=False):
+        if tls:
+            ctx = ssl.create_default_context(cafile=str(broker.tls.ca_pem))
+            raw = socket.create_connection((broker.host, broker.tls_port), timeout=5)
+            self.sock = ctx.wrap_socket(raw, server_hostname=broker.host)
+        else:
+            self.sock = socket.create_connection((broker.host, broker.port), timeout=5)
         self.messages = queue.Queue()
         self._acks = queue.Queue()
         self._pid = 0
         self._wlock = threading.Lock()
-        cid = client_id.encode()
-        body = b"\x00\x04MQTT\x04\x02\x00\x3c" + _str(cid)
+        flags = 0x02
+        tail = _str(client_id.encode())
+        if user is not None:
+            flags |= 0x80
+            tail += _str(user.encode())
+            if password is not None:
+                flags |= 0x40
+                tail += _str(password.encode())
+        body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c" + tail
         self._send(0x10, body)
         kind, data = self._read()
         if kind & 0xF0 != 0x20 or data[1] != 0:
+            self.sock.close()
             raise RuntimeError(f"peer CONNACK {kind:#x} {data!r}")
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -216,4 +280,11 @@ class Peer:
             self._send(0xE0, b"")
         except OSError:
             pass
+        # Wake the reader with EOF and let it end before the descriptor is freed: an SSL
+        # socket's reader would otherwise go on reading from whatever reuses the number next.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._thread.join(timeout=5)
         self.sock.close()
