@@ -25,14 +25,15 @@ MICROPYPATH_TEST := $(MICROPYPATH_FW):$(CURDIR)/tests/fw
 # pyright-python would otherwise ask PyPI for its latest version on every run.
 export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
 
-.PHONY: help setup sysdeps demo test lint typecheck mpy pytest mptest bench bench-firmware bench-link \
-    bench-deploy \
+.PHONY: help setup sysdeps sysdeps-pg test-postgres demo test lint typecheck mpy pytest mptest bench bench-firmware bench-link \
+    bench-deploy bench-gateway \
     campaign clean
 
 help:
 	@echo "make setup      create $(VENV) and install dosis with the test extra"
 	@echo "make demo       pair, provision and run a day on the virtual dispenser, then pull its log"
 	@echo "make test       lint, typecheck, mpy, pytest, mptest (in that order)"
+	@echo "make test-postgres  the gateway on a throw-away PostgreSQL cluster (installs it if missing)"
 	@echo "make bench      run bench/bench_planner.py on the micropython unix port"
 	@echo "make bench-firmware  the firmware on the simulated board: latency, loop holds, heap,"
 	@echo "                idle CPU, .mpy sizes, flash writes (a few minutes; bench/RESULTS.md)"
@@ -44,7 +45,7 @@ help:
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
 	ln -sfn "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
 	    $(TYPESHED)
 	touch $@
@@ -73,6 +74,20 @@ sysdeps:
 	    { echo "cannot install mosquitto: run 'sudo apt-get install mosquitto socat'" >&2; \
 	      exit 1; }; \
 	fi
+
+# PostgreSQL for the gateway's PostgreSQL tests (tests/pg, `make test-postgres`, run by .ci/run
+# after `make test`) and the gateway benchmark. Installed only when missing.
+sysdeps-pg:
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	    SUDO=""; \
+	    if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi; \
+	    echo "installing postgresql (Debian packages)"; \
+	    $$SUDO apt-get update -q && $$SUDO apt-get install -y -q postgresql || \
+	    { echo "cannot install postgresql: run 'sudo apt-get install postgresql'" >&2; exit 1; }; \
+	fi
+
+test-postgres: $(STAMP) sysdeps sysdeps-pg
+	$(BIN)/pytest -q tests/pg
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -126,6 +141,13 @@ bench-link: $(STAMP)
 # Deploy (whole app, one file) and log pull vs mpremote's file copy, at 115200 baud.
 bench-deploy: $(STAMP)
 	$(BIN)/python bench/bench_deploy.py --days 30
+
+# Gateway ingest: 1,000 simulated devices (bench/loadgen.py) through mosquitto on loopback into
+# `dosis gateway`, SQLite and PostgreSQL (bench/pg.py: a throw-away cluster in build/pg, the
+# Debian package installed if missing). A few minutes; see bench/RESULTS.md.
+bench-gateway: $(STAMP) sysdeps
+	$(BIN)/python -c 'import psycopg' 2>/dev/null || $(BIN)/pip install -q -e '.[postgres]'
+	$(BIN)/python bench/bench_gateway.py
 
 # The power-cut campaign (tests/campaign.py; `make test` runs a 100-cut one): the firmware on
 # the simulated board killed with SIGKILL at random instants and restarted, the flash checked

@@ -346,6 +346,8 @@ async def net_ntp(link, args):
         servers = net.check_ntp(args.get("servers"))
     except net.Invalid as e:
         raise Refused("bad_args", str(e))
+    port = _int(args, "port", 1, 65535) if "port" in args else 123
+    _net_update(link, "ntp_port", port if servers and port != 123 else None)
     return _net_update(link, "ntp", servers or None)
 
 

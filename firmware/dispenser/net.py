@@ -130,6 +130,7 @@ def public(cfg):
             "hb": m.get("hb", HB_S),
         },
         "ntp": cfg.get("ntp") or [],
+        "ntp_port": cfg.get("ntp_port", 123),
     }
 
 
@@ -180,7 +181,8 @@ class Net:
         if m and self.log is not None:
             self._start_uplink(m)
         if self.cfg.get("ntp") and self.app is not None:
-            self._tasks.append(asyncio.create_task(self._ntp(self.cfg["ntp"])))
+            port = self.cfg.get("ntp_port", 123)
+            self._tasks.append(asyncio.create_task(self._ntp(self.cfg["ntp"], port)))
 
     def stop(self):
         for t in self._tasks:
@@ -267,14 +269,14 @@ class Net:
                     pass
                 await asyncio.sleep_ms(min(300, 5 << min(fails, 6)) * 1000)
 
-    async def _ntp(self, servers):
+    async def _ntp(self, servers, port=123):
         from dispenser import sntp
 
         app = self.app
         while True:
             if self.online():
                 try:
-                    n = await sntp.sync(app.offer_time, servers)  # pyright: ignore
+                    n = await sntp.sync(app.offer_time, servers, port=port)  # pyright: ignore
                     if n:
                         self.ntp_ok += n
                         self.ntp_at = self.board.clock.ticks_ms()

@@ -20,8 +20,10 @@ from dosiscore.schedule import ScheduleError, canonical, content_hash
 from . import __version__, cli_device, schedules
 from .cli_device import load_or_report as _load_or_report
 from .cli_firmware import firmware
+from .cli_fleet import fleet, gateway
 from .cli_hardware import hardware
 from .cli_hil import hil
+from .cli_provision import provision
 from .cli_sim import devices, sim
 from .errors import DosisError
 
@@ -186,6 +188,9 @@ cli.add_command(sim)
 cli.add_command(firmware)
 cli.add_command(hil)
 cli.add_command(devices)
+cli.add_command(gateway)
+cli.add_command(fleet)
+cli.add_command(provision)
 
 
 def main() -> None:

@@ -187,12 +187,16 @@ def mqtt(
 
 @provision.command("ntp")
 @click.argument("servers", nargs=-1)
+@click.option("--ntp-port", default=123, show_default=True, help="The servers' UDP port.")
 @port_option
 @json_option
-def ntp(servers: tuple[str, ...], port: str | None, as_json: bool) -> None:
-    """Set up to 4 NTP servers (IPv4); none turns NTP off. Big steps need two to agree."""
+def ntp(servers: tuple[str, ...], ntp_port: int, port: str | None, as_json: bool) -> None:
+    """Set up to 4 NTP servers (IPv4); none turns NTP off.
+
+    
+    A step of the clock over 2 minutes needs two servers that agree: give at least two."""
     with _device(port) as dev:
-        state = prov.ntp(dev, list(servers))
+        state = prov.ntp(dev, list(servers), ntp_port)
     _show(state, as_json)
 
 

@@ -128,7 +128,7 @@ def forget_mqtt(dev: Any) -> dict[str, Any]:
     return dev.call("net.mqtt", {"host": ""})
 
 
-def ntp(dev: Any, servers: list[str]) -> dict[str, Any]:
+def ntp(dev: Any, servers: list[str], port: int = 123) -> dict[str, Any]:
     for s in servers:
         if not is_ip(s):
             raise InputError(
@@ -136,7 +136,12 @@ def ntp(dev: Any, servers: list[str]) -> dict[str, Any]:
             )
     if len(servers) > 4:
         raise InputError("at most 4 NTP servers")
-    return dev.call("net.ntp", {"servers": servers})
+    if not 1 <= port <= 65535:
+        raise InputError("--ntp-port must be 1..65535")
+    args: dict[str, Any] = {"servers": servers}
+    if port != 123:
+        args["port"] = port
+    return dev.call("net.ntp", args)
 
 
 def show(dev: Any) -> dict[str, Any]:

@@ -95,4 +95,4 @@ def test_public_view_never_contains_a_secret():
         assert secret not in text, secret
     assert pub["wifi"] == {"ssid": "Hjem", "psk_set": True}
     assert pub["mqtt"]["pass_set"] and pub["mqtt"]["ukey_set"] and pub["mqtt"]["user"] == "dev1"
-    assert net.public(None) == {"wifi": None, "mqtt": None, "ntp": []}
+    assert net.public(None) == {"wifi": None, "mqtt": None, "ntp": [], "ntp_port": 123}
