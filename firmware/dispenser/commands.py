@@ -242,6 +242,11 @@ async def log_ack(link, args):
     seq = _int(args, "seq", 0, 0xFFFFFFFF)
     if link.log is None:
         raise Refused("busy", "the dose log is not available (storage fault E9)")
+    n = getattr(link, "net", None)
+    if n is not None and n.uplink is not None:
+        # The device is on a gateway: only the gateway's ack (dispenser/uplink.py) may let it
+        # forget records, or a log pulled by cable would never reach the care team.
+        return {"acked": link.log.stats()["acked"], "owner": "gateway"}
     return {"acked": link.log.ack(seq)}
 
 

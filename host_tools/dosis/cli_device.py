@@ -415,7 +415,12 @@ def log_pull(
     where = f" to {output}" if output else ""
     span = f" (seq {rows[0].seq}..{rows[-1].seq})" if rows else ""
     _say(f"{len(rows)} record{'s' if len(rows) != 1 else ''}{span} written{where}")
-    if acked is not None:
+    if acked is not None and got.ack_to is not None and acked < got.ack_to:
+        _say(
+            "not acknowledged here: the dispenser sends its log to the care team's gateway, "
+            f"which has acknowledged up to seq {acked}"
+        )
+    elif acked is not None:
         _say(f"acknowledged up to seq {acked}")
     elif no_ack:
         _say("not acknowledged (--no-ack)")

@@ -204,3 +204,16 @@ def test_ntp_one_server_is_held_two_agreeing_servers_set_the_clock(w: World) -> 
     finally:
         for s in servers:
             s.close()
+
+
+def test_on_a_gateway_a_log_pull_by_cable_does_not_acknowledge(w: World) -> None:
+    # The device has a broker since test_mqtt_... (and no gateway acks it here): a nurse's
+    # `dosis log pull` must not let it forget records the care team has not received.
+    before = w.call("info")["log"]
+    assert before["acked"] < before["last"]
+    r = w.dosis("log", "pull", "-o", str(w.root / "log.csv"))
+    assert r.returncode == 0, r.stderr
+    assert "not acknowledged here" in r.stderr
+    assert w.call("info")["log"]["acked"] == before["acked"]
+    reply = w.call("log.ack", {"seq": before["last"]})
+    assert reply == {"acked": before["acked"], "owner": "gateway"}
