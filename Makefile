@@ -39,6 +39,7 @@ help:
 	@echo "                idle CPU, .mpy sizes, flash writes (a few minutes; bench/RESULTS.md)"
 	@echo "make bench-link log pull throughput over the virtual dispenser at 115200 baud"
 	@echo "make bench-deploy deploy times and log pull vs mpremote fs cp at 115200 baud"
+	@echo "make bench-gateway 1,000 simulated dispensers into the gateway: SQLite and PostgreSQL"
 	@echo "make campaign   power-cut campaign: $(CAMPAIGN_CUTS) SIGKILLs of the firmware on the simulated"
 	@echo "                board, invariants checked after each (about 20 minutes; bench/RESULTS.md)"
 	@echo "make clean      remove $(VENV), $(BUILD)/ and caches"
@@ -52,7 +53,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) sysdeps
 	$(BIN)/dosis schedule validate examples/schedule.toml
 	$(BIN)/dosis schedule show examples/schedule.toml --days 2
 	@echo "== a day on the virtual dispenser: the real firmware on the MicroPython unix port,"

@@ -67,6 +67,7 @@ class Broker:
             lines.append(f"acl_file {acl_file}")
         lines += [
             "persistence true",
+            "set_tcp_nodelay true",  # acks are small: no 40 ms Nagle wait (docs/gateway.md)
             f"persistence_location {self.dir}/",
             f"log_dest file {self.dir / 'mosquitto.log'}",
             "log_type all",

@@ -239,6 +239,10 @@ class Gateway:
             self.log(f"broker refused the connection: {rc}")
             return
         self._connected_since = time.monotonic()
+        with contextlib.suppress(AttributeError, OSError):
+            # Acks are small: without this each waits ~40 ms for the broker's delayed TCP ACK
+            # (Nagle). The broker's side needs `set_tcp_nodelay true` (docs/gateway.md).
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe(
             [
                 (f"$share/{self.group}/dosis/+/events", 1),
