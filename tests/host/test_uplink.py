@@ -116,9 +116,13 @@ class Gateway:
 class Probe:
     """The probe in a micropython subprocess; `stats()` is its latest stats line."""
 
-    def __init__(self, broker, logdir, n, interval_ms=0, resend_s=300, backoff=(0.2, 1)):
+    def __init__(
+        self, broker, logdir, n, interval_ms=0, resend_s=300, backoff=(0.2, 1), ukey=None
+    ):
         env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT / 'firmware'}")
         args = [broker.port, logdir, n, interval_ms, resend_s, backoff[0], backoff[1]]
+        if ukey is not None:
+            args.append(ukey.hex())
         self.proc = subprocess.Popen(
             [str(MICROPYTHON), str(PROBE), *map(str, args)],
             cwd=ROOT,
@@ -170,7 +174,7 @@ def broker(tmp_path):
 def env(broker, tmp_path):
     made = []
 
-    def start(n, acking=True, drop_first=0, **kw):
+    def start(n, acking=True, drop_first=0, **kw):  # kw: Probe's (ukey=... signs, v2)
         gw = Gateway(broker, acking, drop_first)
         logdir = tmp_path / f"dev{len(made)}"
         logdir.mkdir()
@@ -258,6 +262,46 @@ def test_forged_and_garbage_acks_are_ignored(env, broker):
     forger.publish("dosis/probe/ack", b"3", qos=1)  # an ack never goes back
     time.sleep(0.5)
     assert p.last["acked"] == 10 and p.last["rejected"] == len(bad), p.last
+    forger.close()
+
+
+def test_signed_uplink_takes_only_acks_signed_with_its_key_for_its_own_topic(env, broker):
+    # The device side of the v2 contract against the gateway's own codec (dosis.gateway.wire):
+    # two implementations of one wire format, checked against each other.
+    from dosis.gateway import wire
+
+    key = bytes(range(32))
+    watcher = Peer(broker, "watcher")
+    watcher.subscribe("dosis/probe/events", qos=1)
+    gw, p = env(10, acking=False, ukey=key)
+    p.wait(lambda s: s["published"] == 2, timeout=10)
+    seqs = []
+    for topic, payload in watcher.collect(2, timeout=5):
+        frm, nxt, records = wire.decode_events(topic, payload, key)  # raises if forged
+        seqs += [r.seq for r in records]
+        with pytest.raises(wire.WireError):
+            wire.decode_events(topic, payload, bytes(32))  # another device's key
+        with pytest.raises(wire.WireError):
+            wire.decode_events("dosis/other/events", payload, key)  # misrouted
+    assert sorted(seqs) == list(range(1, 11))
+    watcher.close()
+    forger = Peer(broker, "forger")
+    _, good4 = wire.encode_ack(key, "probe", 4)
+    bad = [
+        b"10",  # unsigned, as a v1 gateway would ack
+        b'{"seq": 10}',
+        wire.encode_ack(bytes(32), "probe", 10)[1],  # the wrong key
+        wire.encode_ack(key, "other", 10)[1],  # signed for another device's topic
+        good4.replace(b'"seq":4', b'"seq":9'),  # a changed seq under a valid mac
+        good4[:-3] + b'0"}',  # a changed mac
+        wire.encode_ack(key, "probe", 11)[1],  # above what was sent
+    ]
+    for payload in bad:
+        forger.publish("dosis/probe/ack", payload, qos=1)
+    s = p.wait(lambda s: s["rejected"] == len(bad), timeout=5)
+    assert s["acked"] == 0, s
+    forger.publish("dosis/probe/ack", good4, qos=1)
+    p.wait(lambda s: s["acked"] == 4, timeout=5)
     forger.close()
 
 

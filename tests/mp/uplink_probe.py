@@ -1,7 +1,7 @@
 """dispenser.uplink against a real broker, on the MicroPython unix port (run by
 tests/host/test_uplink.py):
 
-    micropython uplink_probe.py PORT LOGDIR N INTERVAL_MS RESEND_S BACKOFF_LO BACKOFF_HI
+    micropython uplink_probe.py PORT LOGDIR N INTERVAL_MS RESEND_S BACKOFF_LO BACKOFF_HI [UKEY]
 
 Opens a DoseLog in LOGDIR (an existing directory), appends N records (all at once if
 INTERVAL_MS is 0, else one every INTERVAL_MS, kicking the uplink each time) and runs the uplink
@@ -29,6 +29,7 @@ N = int(sys.argv[3])
 INTERVAL = int(sys.argv[4])
 RESEND = float(sys.argv[5])
 BACKOFF = (float(sys.argv[6]), float(sys.argv[7]))
+UKEY = bytes.fromhex(sys.argv[8]) if len(sys.argv) > 8 else None  # signed (v2) if given
 T0 = 1767225600
 _gap = [0]
 
@@ -75,6 +76,7 @@ async def main():
         backoff=BACKOFF,
         timeout=2,
         resend_after=RESEND,
+        ukey=UKEY,
     )
     if not INTERVAL:
         await appender(log, up)
