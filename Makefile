@@ -26,7 +26,7 @@ MICROPYPATH_TEST := $(MICROPYPATH_FW):$(CURDIR)/tests/fw
 export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1
 
 .PHONY: help setup sysdeps sysdeps-pg test-postgres demo test lint typecheck mpy pytest mptest bench bench-firmware bench-link \
-    bench-deploy bench-gateway \
+    bench-deploy bench-gateway bench-uplink \
     campaign clean
 
 help:
@@ -40,6 +40,7 @@ help:
 	@echo "make bench-link log pull throughput over the virtual dispenser at 115200 baud"
 	@echo "make bench-deploy deploy times and log pull vs mpremote fs cp at 115200 baud"
 	@echo "make bench-gateway 1,000 simulated dispensers into the gateway: SQLite and PostgreSQL"
+	@echo "make bench-uplink what the uplink costs the firmware: heap, loop holds (none/MQTT/TLS)"
 	@echo "make campaign   power-cut campaign: $(CAMPAIGN_CUTS) SIGKILLs of the firmware on the simulated"
 	@echo "                board, invariants checked after each (about 20 minutes; bench/RESULTS.md)"
 	@echo "make clean      remove $(VENV), $(BUILD)/ and caches"
@@ -149,6 +150,12 @@ bench-deploy: $(STAMP)
 bench-gateway: $(STAMP) sysdeps
 	$(BIN)/python -c 'import psycopg' 2>/dev/null || $(BIN)/pip install -q -e '.[postgres]'
 	$(BIN)/python bench/bench_gateway.py
+
+# The uplink's cost to the firmware (issue 7): the app alone, + MQTT, + TLS on the simulated
+# board under micropython (bench/mp_uplink.py), mosquitto and the gateway in-process. About
+# 6 minutes; see bench/RESULTS.md.
+bench-uplink: $(STAMP) sysdeps
+	$(BIN)/python bench/bench_uplink.py
 
 # The power-cut campaign (tests/campaign.py; `make test` runs a 100-cut one): the firmware on
 # the simulated board killed with SIGKILL at random instants and restarted, the flash checked

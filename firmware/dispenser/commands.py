@@ -328,6 +328,8 @@ async def net_mqtt(link, args):
     if m is not None:
         if "hb" in args:
             m["hb"] = _int(args, "hb", 10, 3600)
+        if "resend" in args:
+            m["resend"] = _int(args, "resend", 5, 3600)
         if "backoff" in args:
             bo = args["backoff"]
             if (

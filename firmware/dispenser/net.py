@@ -10,7 +10,7 @@ Configuration: `net.json` on flash, written only by the authenticated `net.wifi`
 
     {"wifi": {"ssid": "...", "psk": "..."},
      "mqtt": {"host": "192.0.2.10", "port": 8883, "tls": true, "ca": "-----BEGIN ...",
-              "user": "...", "pass": "...", "ukey": "<64 hex>", "hb": 300},
+              "user": "...", "pass": "...", "ukey": "<64 hex>", "hb": 300, "resend": 60},
      "ntp": ["192.0.2.1", "192.0.2.2"]}
 
 MQTT runs over TLS (the broker's CA in "ca", verified) unless "tls" is false, which the
@@ -25,6 +25,10 @@ import gc
 
 CONFIG = "net.json"
 HB_S = 300  # heartbeat period (the issue: "every few minutes")
+# Everything sent was PUBACKed but the gateway's ack has not moved for this long: send again
+# from the last ack. It bounds how late records arrive after a broker lost them (mosquitto
+# drops what arrives between its restart and the gateway's new subscription: docs/gateway.md).
+RESEND_S = 60
 NTP_EVERY_S = 6 * 3600
 _WIFI_WAIT_S = 20  # for an association before trying again
 _MAX_CA = 4096
@@ -128,6 +132,7 @@ def public(cfg):
             "pass_set": bool(m.get("pass")),
             "ukey_set": bool(m.get("ukey")),
             "hb": m.get("hb", HB_S),
+            "resend": m.get("resend", RESEND_S),
         },
         "ntp": cfg.get("ntp") or [],
         "ntp_port": cfg.get("ntp_port", 123),
@@ -235,6 +240,7 @@ class Net:
             ukey=binascii.unhexlify(m["ukey"]),
             health=self.health,
             hb_s=m.get("hb", HB_S),
+            resend_after=m.get("resend", RESEND_S),
             online=self.online,
             backoff=tuple(bo) if isinstance(bo, list) and len(bo) == 2 else (1, 60),
         )

@@ -125,6 +125,12 @@ def wifi(
     metavar="LOW HIGH",
     help="Reconnect backoff in seconds [default: 1 60].",
 )
+@click.option(
+    "--resend-after",
+    default="1m",
+    show_default=True,
+    help="Send again from the gateway's last ack when it has not moved for this long.",
+)
 @click.option("--forget", is_flag=True, help="Take the device off the broker.")
 @port_option
 @json_option
@@ -136,6 +142,7 @@ def mqtt(
     insecure_lab: bool,
     heartbeat: str,
     backoff: tuple[float, float] | None,
+    resend_after: str,
     forget: bool,
     port: str | None,
     as_json: bool,
@@ -150,6 +157,9 @@ def mqtt(
     hb = _duration_s(heartbeat)
     if not 10 <= hb <= 3600:
         raise InputError("--heartbeat must be between 10s and 1h")
+    resend = _duration_s(resend_after)
+    if not 5 <= resend <= 3600:
+        raise InputError("--resend-after must be between 5s and 1h")
     ca_pem = prov.read_ca(ca) if ca else None
     password = None
     if password_file:
@@ -177,6 +187,7 @@ def mqtt(
                 password=password,
                 heartbeat_s=hb,
                 backoff=backoff,
+                resend_s=resend,
             )
             _say(
                 f"broker set for {dev.device_id}; enrol it at the gateway: "

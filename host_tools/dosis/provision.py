@@ -94,6 +94,7 @@ def mqtt(
     password: str | None = None,
     heartbeat_s: int | None = None,
     backoff: tuple[float, float] | None = None,
+    resend_s: int | None = None,
 ) -> dict[str, Any]:
     """Give the device its broker, credentials and uplink key; the device's network state."""
     if broker.tls and ca_pem is None:
@@ -121,6 +122,8 @@ def mqtt(
         args["hb"] = heartbeat_s
     if backoff is not None:
         args["backoff"] = list(backoff)
+    if resend_s is not None:
+        args["resend"] = resend_s
     return dev.call("net.mqtt", args)
 
 

@@ -217,3 +217,55 @@ def test_on_a_gateway_a_log_pull_by_cable_does_not_acknowledge(w: World) -> None
     assert w.call("info")["log"]["acked"] == before["acked"]
     reply = w.call("log.ack", {"seq": before["last"]})
     assert reply == {"acked": before["acked"], "owner": "gateway"}
+
+
+def test_per_device_credentials_and_topic_acl_at_the_broker(w: World) -> None:
+    # A broker as a municipality runs it: no anonymous access, one account per dispenser, and
+    # an ACL that lets a dispenser write only its own topics and read only its own acks.
+    pki = w.pki
+    root = w.root / "authbroker"
+    root.mkdir()
+    acl = [
+        "user gateway",
+        "topic readwrite dosis/#",
+        "pattern write dosis/%u/events",
+        "pattern write dosis/%u/health",
+        "pattern write dosis/%u/status",
+        "pattern read dosis/%u/ack",
+    ]
+    b = Broker(root, tls=pki, users={w.device_id: MQTT_PASS, "gateway": "gw-pass"}, acl=acl)
+    b.start()
+    try:
+        gw = Peer(b, "gw", user="gateway", password="gw-pass", tls=True)
+        gw.subscribe("dosis/#", 1)
+        wrong = w.root / "wrong.txt"
+        wrong.write_text("not-the-password\n")
+        url = f"mqtts://127.0.0.1:{b.tls_port}"
+        args = ["provision", "mqtt", "--broker", url, "--ca", str(pki.ca_pem)]
+        r = w.dosis(*args, "--user", w.device_id, "--password-file", str(wrong))
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            up = w.call("net.get")["uplink"]
+            if up["error"] and "not authori" in up["error"]:
+                break
+            time.sleep(0.3)
+        assert "not authori" in (up["error"] or ""), up  # refused: the log waits, nothing lost
+        assert up["connected"] is False
+        right = w.root / "right.txt"
+        right.write_text(MQTT_PASS + "\n")
+        r = w.dosis(*args, "--user", w.device_id, "--password-file", str(right))
+        assert r.returncode == 0, r.stderr
+        got = gw.collect(2, timeout=20)
+        topics = {t for t, _ in got}
+        assert f"dosis/{w.device_id}/status" in topics or f"dosis/{w.device_id}/events" in topics
+        # the dispenser's account cannot write another device's topic or read others' acks
+        other = Peer(b, "intruder", user=w.device_id, password=MQTT_PASS, tls=True)
+        other.publish("dosis/someone-else/events", b"x", qos=1)
+        other.close()
+        time.sleep(0.5)
+        leaked = [t for t, _ in gw.messages.queue if t.startswith("dosis/someone-else/")]
+        assert not leaked, leaked
+        gw.close()
+    finally:
+        b.stop()
