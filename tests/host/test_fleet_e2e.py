@@ -257,7 +257,7 @@ def test_over_tls_a_missed_dose_alerts_once_by_webhook_and_mail_and_the_ack_is_t
 ) -> None:
     fleet.gateway()
     with dispenser(fleet, tls=True, at_min=17 * 60 + 55) as (dev, did, now):
-        run_day(dev, now, 0.7)  # 17:55 -> 18:37: the evening dose due at 18:00, notified at 18:30
+        run_day(dev, now, 0.6)  # 17:55 -> 18:35: the evening dose due at 18:00, notified at 18:30
         wait_all_stored(fleet, dev, did)
         recs = assert_exactly_once(fleet, dev, did)
         assert [logrec.NAMES[r[2]] for r in recs].count("notify") == 1
