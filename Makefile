@@ -155,7 +155,7 @@ bench-gateway: $(STAMP) sysdeps
 # board under micropython (bench/mp_uplink.py), mosquitto and the gateway in-process. About
 # 6 minutes; see bench/RESULTS.md.
 bench-uplink: $(STAMP) sysdeps
-	$(BIN)/python bench/bench_uplink.py
+	$(BIN)/python bench/bench_uplink.py --json $(BUILD)/bench-uplink.json
 
 # The power-cut campaign (tests/campaign.py; `make test` runs a 100-cut one): the firmware on
 # the simulated board killed with SIGKILL at random instants and restarted, the flash checked

@@ -29,6 +29,11 @@ HB_S = 300  # heartbeat period (the issue: "every few minutes")
 # from the last ack. It bounds how late records arrive after a broker lost them (mosquitto
 # drops what arrives between its restart and the gateway's new subscription: docs/gateway.md).
 RESEND_S = 60
+# Free heap the uplink must leave after its modules are in and its TLS context is built (its
+# MQTT buffer, in-flight publishes, and a margin the dose loop keeps). Below it, the uplink
+# stays off and says why (net.get): reminding matters more than reporting, and the gateway
+# reports a device it never hears from as offline. Measured with `make bench-uplink`.
+UPLINK_RESERVE = 40 * 1024
 NTP_EVERY_S = 6 * 3600
 _WIFI_WAIT_S = 20  # for an association before trying again
 _MAX_CA = 4096
@@ -157,6 +162,7 @@ class Net:
         self.ntp_ok = 0
         self.ntp_at = None
         self.wifi_state = "off"
+        self.uplink_off = None  # why the uplink is not running although configured
         self.t0 = board.clock.ticks_ms()
 
     # -- configuration ---------------------------------------------------------------------
@@ -172,6 +178,7 @@ class Net:
         out = public(self.cfg)
         out["wifi_state"] = self.wifi_state
         out["uplink"] = self.uplink.stats() if self.uplink is not None else None
+        out["uplink_off"] = self.uplink_off
         out["ntp_ok"] = self.ntp_ok
         return out
 
@@ -220,13 +227,31 @@ class Net:
             self.uplink.kick()
 
     def _start_uplink(self, m):
-        from dispenser.uplink import Uplink, client_factory
+        self.uplink_off = None
+        gc.collect()
+        try:
+            from dispenser.uplink import Uplink, client_factory
 
-        ctx = None
-        if m.get("tls"):
-            from dispenser.tls import context
+            ctx = None
+            if m.get("tls"):
+                from dispenser.tls import context
 
-            ctx = context(m["ca"].encode())
+                ctx = context(m["ca"].encode())
+            gc.collect()
+            free = gc.mem_free()
+        except MemoryError:
+            free = 0
+        if free < UPLINK_RESERVE:
+            self.uplink_off = "not enough memory: %d KB free with the uplink, %d KB needed" % (
+                free // 1024,
+                UPLINK_RESERVE // 1024,
+            )
+            import sys
+
+            for name in ("dispenser.uplink", "dispenser.mqtt", "dispenser.tls"):
+                sys.modules.pop(name, None)
+            gc.collect()
+            return
         kw = {"ssl": ctx, "keepalive": 60}
         if m.get("user"):
             kw["user"] = m["user"]

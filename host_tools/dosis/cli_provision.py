@@ -42,6 +42,8 @@ def _show(state: dict[str, Any], as_json: bool) -> None:
     else:
         click.echo("broker   -")
     up = state.get("uplink")
+    if state.get("uplink_off"):
+        click.echo(f"uplink   off: {state['uplink_off']}")
     if up:
         conn = (
             "connected" if up.get("connected") else f"not connected ({up.get('error') or '...'})"

@@ -11,7 +11,8 @@ and only the one whose INSERT took effect schedules its deliveries. The rules an
     mains    MAINS_LOST, no MAINS_RESTORED after it,
              older than mains_after_s (timer)          mains:<seq>
     offline  no authenticated message for
-             offline_after_s (timer)                   offline:<last_seen in ms>
+             offline_after_s (timer; never heard
+             from: counted from the enrolment)         offline:<last_seen (or enrolled) in ms>
 
 All functions run inside the caller's transaction (`db.Cur`).
 """
@@ -141,16 +142,21 @@ def on_timer(
 ) -> list[int]:
     """Offline and mains-lost alerts that are due (run periodically by every gateway)."""
     out: list[int] = []
+    # A device enrolled but never heard from counts from its enrolment: a dispenser that
+    # never gets online (wrong Wi-Fi, no memory for the uplink) must not stay invisible.
     offline_rows = c.all(
-        "SELECT device_id, last_seen FROM devices WHERE last_seen IS NOT NULL AND last_seen < ? "
-        "ORDER BY device_id",
+        "SELECT device_id, last_seen, enrolled FROM devices "
+        "WHERE COALESCE(last_seen, enrolled) < ? ORDER BY device_id",
         (now - offline_after_s,),
     )
-    for device_id, last_seen in offline_rows if offline else []:
-        key = f"offline:{int(float(last_seen) * 1000)}"
-        a = create_alert(
-            c, device_id, "offline", key, f"sidst set {local_time(float(last_seen))}", now
-        )
+    for device_id, last_seen, enrolled in offline_rows if offline else []:
+        seen = float(last_seen if last_seen is not None else enrolled)
+        key = f"offline:{int(seen * 1000)}"
+        if last_seen is None:
+            text = f"aldrig set siden tilmelding {local_time(seen)}"
+        else:
+            text = f"sidst set {local_time(seen)}"
+        a = create_alert(c, device_id, "offline", key, text, now)
         if a:
             out.append(a)
     rows = c.all(
