@@ -108,24 +108,11 @@ def fleet() -> None:
 
 
 def uplink_key_from_keystore(device_id: str) -> bytes | None:
-    """The device's uplink key from the local keystore (`dosis provision mqtt` stores it as
-    the "uplink_key" hex field of the device's entry), or None."""
+    """The device's uplink key from the local keystore (`dosis provision mqtt` put it there),
+    or None."""
     from .keystore import Keystore
 
-    ks = Keystore()
-    getter = getattr(ks, "uplink_key", None)
-    if callable(getter):
-        v = getter(device_id)
-        if isinstance(v, bytes | bytearray):
-            return bytes(v)
-        if isinstance(v, str):
-            return bytes.fromhex(v)
-        return None
-    entry = ks._load().get(device_id)  # noqa: SLF001 - a tolerant reader of one field
-    hexkey = entry.get("uplink_key") if isinstance(entry, dict) else None
-    if isinstance(hexkey, str) and re.fullmatch(r"[0-9a-fA-F]{64}", hexkey):
-        return bytes.fromhex(hexkey)
-    return None
+    return Keystore().uplink_key(device_id)
 
 
 def _key_from_file(path: str) -> bytes:
