@@ -325,6 +325,14 @@ async def net_mqtt(link, args):
         m = net.check_mqtt(args)
     except net.Invalid as e:
         raise Refused("bad_args", str(e))
+    if m is not None and m["tls"]:
+        try:
+            from dispenser.tls import context
+
+            context(m["ca"].encode())  # what mbedtls cannot load is refused now, not at boot
+        except (ValueError, OSError) as e:
+            raise Refused("bad_args", "ca: not a certificate this device can load (%s)" % e)
+        gc.collect()
     if m is not None:
         if "hb" in args:
             m["hb"] = _int(args, "hb", 10, 3600)

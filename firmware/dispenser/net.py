@@ -185,16 +185,26 @@ class Net:
     # -- tasks -----------------------------------------------------------------------------
 
     def start(self):
-        self.cfg = self.load()
-        w = self.cfg.get("wifi")
-        m = self.cfg.get("mqtt")
-        if w or getattr(self.board, "wlan_always", False):
-            self._tasks.append(asyncio.create_task(self._wifi(w)))
-        if m and self.log is not None:
-            self._start_uplink(m)
-        if self.cfg.get("ntp") and self.app is not None:
-            port = self.cfg.get("ntp_port", 123)
-            self._tasks.append(asyncio.create_task(self._ntp(self.cfg["ntp"], port)))
+        """Never raises: a configuration the device cannot use leaves that part off (and
+        `net.get` says why), never the dose loop without its boot."""
+        self.uplink_off = None
+        try:
+            self.cfg = self.load()
+            w = self.cfg.get("wifi")
+            m = self.cfg.get("mqtt")
+            if w or getattr(self.board, "wlan_always", False):
+                self._tasks.append(asyncio.create_task(self._wifi(w)))
+            if m and self.log is not None:
+                try:
+                    self._start_uplink(m)
+                except Exception as e:  # noqa: BLE001  (a CA mbedtls refuses, a bad value)
+                    self.uplink = None
+                    self.uplink_off = "cannot start: %s: %s" % (type(e).__name__, e)
+            if self.cfg.get("ntp") and self.app is not None:
+                port = self.cfg.get("ntp_port", 123)
+                self._tasks.append(asyncio.create_task(self._ntp(self.cfg["ntp"], port)))
+        except Exception as e:  # noqa: BLE001
+            self.uplink_off = "network configuration unusable: %s" % e
 
     def stop(self):
         for t in self._tasks:
@@ -227,7 +237,6 @@ class Net:
             self.uplink.kick()
 
     def _start_uplink(self, m):
-        self.uplink_off = None
         gc.collect()
         try:
             from dispenser.uplink import Uplink, client_factory

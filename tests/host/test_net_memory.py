@@ -1,5 +1,6 @@
 """The uplink stays off, and says why, when it would leave the dose loop too little heap
-(dispenser/net.py, UPLINK_RESERVE); on the real MicroPython VM with a small heap."""
+(dispenser/net.py, UPLINK_RESERVE) or its configuration cannot be used; Net.start() never
+raises into the boot. On the real MicroPython VM with a small heap."""
 
 import subprocess
 import sys
@@ -29,9 +30,14 @@ class Board:
     def battery_mv(self):
         return 4000
 
+CA = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+
 class Store:
     def load(self, name):
-        return {"mqtt": {"host": "127.0.0.1", "port": 1, "tls": False, "ukey": "ab" * 32}}
+        m = {"host": "127.0.0.1", "port": 1, "tls": False, "ukey": "ab" * 32}
+        if sys.argv[2] == "badca":  # a net.json the device cannot use (written by hand)
+            m.update(tls=True, ca=CA)
+        return {"mqtt": m}
 
 class Log:
     def stats(self):
@@ -49,9 +55,9 @@ asyncio.run(main())
 """
 
 
-def run(reserve):
+def run(reserve, config="plain"):
     p = subprocess.run(
-        [str(MICROPYTHON), "-X", "heapsize=256K", "-c", SCRIPT, str(reserve)],
+        [str(MICROPYTHON), "-X", "heapsize=256K", "-c", SCRIPT, str(reserve), config],
         capture_output=True,
         text=True,
         timeout=30,
@@ -72,3 +78,8 @@ def test_the_uplink_stays_off_and_gives_its_heap_back_when_it_would_starve_the_a
     out = run(1024 * 1024)  # more than the whole 256 KB heap
     assert out[0].startswith("off not enough memory:") and "1024 KB needed" in out[0], out
     assert out[1] == "modules False False", out  # its modules are dropped again
+
+
+def test_a_configuration_the_device_cannot_use_leaves_the_uplink_off_not_the_boot():
+    out = run(16 * 1024, "badca")
+    assert out[0].startswith("off cannot start:"), out

@@ -168,6 +168,17 @@ def test_bad_input_is_one_line_and_changes_nothing(w: World, args: list[str], wo
     }
 
 
+def test_a_ca_the_device_cannot_load_is_refused_and_changes_nothing(w: World) -> None:
+    bad = w.root / "bad-ca.pem"
+    bad.write_text(
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    )
+    before = w.call("net.get")
+    r = w.dosis("provision", "mqtt", "--broker", "mqtts://127.0.0.1:8883", "--ca", str(bad))
+    one_line_error(r, "not a certificate this device can load")
+    assert w.call("net.get")["mqtt"] == before["mqtt"]
+
+
 def test_short_wifi_password_is_refused_by_the_device_too(w: World) -> None:
     before = w.call("net.get")
     with open_device(w.port, keystore=w.keys, timeout=10) as dev:
