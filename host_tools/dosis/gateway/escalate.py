@@ -37,7 +37,7 @@ TEXT_DA = {
     "refill": "Dispenseren skal genopfyldes",
     "time": "Dispenserens ur er ikke sat",
     "mains": "Strømmen har været afbrudt i over en time",
-    "offline": "Dispenseren har ikke haft forbindelse i over 30 minutter",
+    "offline": "Dispenseren har mistet forbindelsen",
 }
 TEXT_EN = {
     "missed": "Dose not taken",
@@ -45,7 +45,7 @@ TEXT_EN = {
     "refill": "The dispenser needs a refill",
     "time": "The dispenser's clock is not set",
     "mains": "Mains power lost for over an hour",
-    "offline": "The dispenser has been offline for over 30 minutes",
+    "offline": "The dispenser is offline",
 }
 
 
