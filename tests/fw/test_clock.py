@@ -425,5 +425,15 @@ def test_trusted_or_unknown_time_is_applied_at_once():
     assert f.offer(T, T + 7200, 0, "ntp") is None
     assert f.offer(T, T - 5 * 86400, 1, "user", trusted=True) == T - 5 * 86400
     assert f.pending is None
-    assert f.offer(None, T + 99999, 2, "rtc") == T + 99999
+    assert f.offer(None, T + 99999, 2, "user", trusted=True) == T + 99999
     assert f.pending is None
+
+
+def test_no_time_at_all_still_needs_two_independent_answers():
+    # The RTC lost the time: one NTP answer (maybe a bad one) must not set the doses' clock.
+    f = StepFilter()
+    assert f.offer(None, T, 100, "ntp", origin="10.0.0.1") is None
+    assert f.offer(None, T + 30, 130, "ntp", origin="10.0.0.1") is None  # the same server
+    assert f.offer(None, T + 7200 + 40, 140, "ntp", origin="10.0.0.2") is None  # disagrees
+    # a second server that agrees (30 s later on the monotonic counter, 30 s later in UTC)
+    assert f.offer(None, T + 60, 160, "ntp", origin="10.0.0.2") == T + 60
