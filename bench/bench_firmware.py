@@ -114,7 +114,13 @@ def compile_harnesses():
 
 
 class Job:
-    """One micropython process running a harness; its `RESULT` line parsed as JSON."""
+    """One micropython process running a harness; its `RESULT` line parsed as JSON.
+
+    `path` is its MICROPYPATH after `.frozen`; `limit_s` (None: none) kills a run that never
+    ends, `timed_out` then says so."""
+
+    limit_s = None
+    timed_out = False
 
     def __init__(self, name, module, args, heap=None, state_root=None, doc=None):
         self.name = name
@@ -131,9 +137,10 @@ class Job:
         self.err = ""
         self.rusage = None
         self.wall = 0.0
+        self.path = "%s:%s" % (MPY, BENCH_MPY)
 
     def start(self):
-        env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (MPY, BENCH_MPY))
+        env = dict(os.environ, MICROPYPATH=".frozen:" + self.path)
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             self.cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -144,7 +151,12 @@ class Job:
         return self.proc.stdout.readline()
 
     def wait(self):
-        out, err = self.proc.communicate()
+        try:
+            out, err = self.proc.communicate(timeout=self.limit_s)
+        except subprocess.TimeoutExpired:
+            self.timed_out = True
+            self.proc.kill()  # our own child, by its Popen handle
+            out, err = self.proc.communicate()
         self.wall = time.monotonic() - self.t0
         self.out += out
         self.err = err

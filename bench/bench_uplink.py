@@ -85,31 +85,10 @@ class Job(bf.Job):
     firmware task died of a MemoryError can leave the warp clock waiting for it forever)."""
 
     limit_s = 600.0
-    timed_out = False
 
-    def wait(self):
-        try:
-            out, err = self.proc.communicate(timeout=self.limit_s)
-        except subprocess.TimeoutExpired:
-            self.timed_out = True
-            self.proc.kill()  # our own child, by its Popen handle
-            out, err = self.proc.communicate()
-        self.wall = time.monotonic() - self.t0
-        self.out += out
-        self.err = err
-        for line in self.out.splitlines():
-            if line.startswith("RESULT "):
-                self.result = json.loads(line[7:])
-        shutil.rmtree(self.state, ignore_errors=True)
-        return self
-
-    def start(self):
-        env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (MPY, HARNESS))
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        return self
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.path = "%s:%s" % (MPY, HARNESS)
 
 
 class World:

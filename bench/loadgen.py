@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from dosis.gateway import wire
 from dosiscore import logrec
+from mosq import enc_len, mqtt_str  # tests/host (on the path: bench_gateway.py)
 
 BATCH = 8
 # A day's worth of ordinary records (none of them makes an alert): the dose cycle and the
@@ -79,22 +80,8 @@ class Batch:
     t_ack: float = 0.0
 
 
-def _enc_len(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(b: bytes) -> bytes:
-    return struct.pack(">H", len(b)) + b
-
-
 def _packet(kind: int, body: bytes) -> bytes:
-    return bytes([kind]) + _enc_len(len(body)) + body
+    return bytes([kind]) + enc_len(len(body)) + body
 
 
 @dataclass
@@ -131,7 +118,7 @@ class Device:
         cid = f"dosis-{self.id}".encode()
         flags = 0x02 | 0x04 | 0x08 | 0x20  # clean session, will, will QoS 1, will retain
         body = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack(">H", 60)
-        body += _str(cid) + _str(self.t_status) + _str(b"offline")
+        body += mqtt_str(cid) + mqtt_str(self.t_status) + mqtt_str(b"offline")
         self.writer.write(_packet(0x10, body))
         hdr = await self.reader.readexactly(4)
         if hdr[0] != 0x20 or hdr[3] != 0:
@@ -140,12 +127,14 @@ class Device:
         pid = self._next_pid()
         fut = self._waits[pid] = asyncio.get_running_loop().create_future()
         self.writer.write(
-            _packet(0x82, struct.pack(">H", pid) + _str(self.t_ack.encode()) + b"\x01")
+            _packet(0x82, struct.pack(">H", pid) + mqtt_str(self.t_ack.encode()) + b"\x01")
         )
         await asyncio.wait_for(fut, 30)
         pid = self._next_pid()
         fut = self._waits[pid] = asyncio.get_running_loop().create_future()
-        self.writer.write(_packet(0x33, _str(self.t_status) + struct.pack(">H", pid) + b"online"))
+        self.writer.write(
+            _packet(0x33, mqtt_str(self.t_status) + struct.pack(">H", pid) + b"online")
+        )
         await asyncio.wait_for(fut, 30)
 
     async def _read_loop(self) -> None:
@@ -209,7 +198,7 @@ class Device:
         self.pending.append(b)
         if b.nxt - 1 > self.sent_hi:
             self.sent_hi = b.nxt - 1
-        pkt = _packet(0x32, _str(self.t_events) + struct.pack(">H", pid) + b.payload)
+        pkt = _packet(0x32, mqtt_str(self.t_events) + struct.pack(">H", pid) + b.payload)
         b.t_pub = time.time()
         self.writer.write(pkt)
         if self.writer.transport.get_write_buffer_size() > 65536:

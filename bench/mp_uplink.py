@@ -103,8 +103,9 @@ def trace_app_tasks():
     app_mod.App._guard = guard
 
 
-class _Steps:
-    """Times each step of one task into NET_STEPS[name]; keeps no reference once done."""
+class _Steps(mc.Timed):
+    """Times each step of one task into NET_STEPS[name]; keeps no reference once done (the
+    stepping itself is mp_common.Timed's)."""
 
     def __init__(self, rec, coro):
         self.r = rec
@@ -118,23 +119,6 @@ class _Steps:
             r[2] = d
         if d >= 5000:
             r[3] += 1
-
-    def send(self, v):
-        t0 = time.ticks_us()
-        try:
-            return self.c.send(v)
-        finally:
-            self._done(t0)
-
-    def throw(self, *exc):
-        t0 = time.ticks_us()
-        try:
-            return self.c.throw(*exc)
-        finally:
-            self._done(t0)
-
-    def close(self):
-        return self.c.close()
 
 
 def time_new_tasks():

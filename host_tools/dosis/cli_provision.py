@@ -11,16 +11,20 @@ import click
 from . import provision as prov
 from .cli_device import _device, _say, json_option, port_option
 from .errors import InputError
+from .gateway.fleet import parse_duration
 
 
 def _duration_s(text: str) -> int:
-    t = text.strip().lower()
-    mult = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], None)
+    return round(parse_duration(text))
+
+
+def _read_secret(path: str) -> str:
+    """The first line of `path`: a password kept in a file, never on the command line."""
     try:
-        n = int(t[:-1]) * mult if mult else int(t)
-    except ValueError:
-        raise InputError(f'"{text}" is not a duration (like 90s, 5m, 1h)') from None
-    return n
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--password-file {path}: cannot be read ({e})") from None
 
 
 def _show(state: dict[str, Any], as_json: bool) -> None:
@@ -81,11 +85,7 @@ def wifi(
     if open_network:
         psk = ""
     elif password_file:
-        try:
-            with open(password_file, encoding="utf-8") as f:
-                psk = f.readline().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"--password-file {password_file}: cannot be read ({e})") from None
+        psk = _read_secret(password_file)
     elif os.environ.get("DOSIS_WIFI_PASSWORD") is not None:
         psk = os.environ["DOSIS_WIFI_PASSWORD"]
     else:
@@ -165,11 +165,7 @@ def mqtt(
     ca_pem = prov.read_ca(ca) if ca else None
     password = None
     if password_file:
-        try:
-            with open(password_file, encoding="utf-8") as f:
-                password = f.readline().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"--password-file {password_file}: cannot be read ({e})") from None
+        password = _read_secret(password_file)
     if not prov.is_ip(b.host):
         _say(
             f"note: {b.host} is a name: the device resolves it at every connect (blocking); "

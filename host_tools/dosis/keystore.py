@@ -103,11 +103,14 @@ class Keystore:
         """The key of `device_id`; AuthError saying how to pair when there is none."""
         key = self.get(device_id)
         if key is None:
-            raise AuthError(
-                f"no key for device {device_id} in {self.path}: pair it with 'dosis pair'",
-                code="no_key",
-            )
+            raise self._no_key(device_id)
         return key
+
+    def _no_key(self, device_id: str) -> AuthError:
+        return AuthError(
+            f"no key for device {device_id} in {self.path}: pair it with 'dosis pair'",
+            code="no_key",
+        )
 
     def device_ids(self) -> list[str]:
         """The paired devices, sorted."""
@@ -153,10 +156,7 @@ class Keystore:
             doc = self._load()
             entry = doc.get(device_id)
             if entry is None:
-                raise AuthError(
-                    f"no key for device {device_id} in {self.path}: pair it with 'dosis pair'",
-                    code="no_key",
-                )
+                raise self._no_key(device_id)
             entry["uplink_key"] = key_hex
             self._save(doc)
 
@@ -170,10 +170,7 @@ class Keystore:
             doc = self._load()
             entry = doc.get(device_id)
             if entry is None:
-                raise AuthError(
-                    f"no key for device {device_id} in {self.path}: pair it with 'dosis pair'",
-                    code="no_key",
-                )
+                raise self._no_key(device_id)
             ctr = max(int(entry.get("ctr", 0)) + 1, time.time_ns() // 1000, at_least)
             if ctr > CTR_MAX:
                 raise AuthError(

@@ -154,7 +154,8 @@ class Broker:
         return self.start()
 
 
-def _enc_len(n):
+def enc_len(n):
+    """MQTT's variable-length remaining length."""
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -164,7 +165,8 @@ def _enc_len(n):
             return bytes(out)
 
 
-def _str(b):
+def mqtt_str(b):
+    """An MQTT UTF-8 string field: u16 length, then the bytes."""
     return struct.pack(">H", len(b)) + b
 
 
@@ -183,13 +185,13 @@ class Peer:
         self._pid = 0
         self._wlock = threading.Lock()
         flags = 0x02
-        tail = _str(client_id.encode())
+        tail = mqtt_str(client_id.encode())
         if user is not None:
             flags |= 0x80
-            tail += _str(user.encode())
+            tail += mqtt_str(user.encode())
             if password is not None:
                 flags |= 0x40
-                tail += _str(password.encode())
+                tail += mqtt_str(password.encode())
         body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c" + tail
         self._send(0x10, body)
         kind, data = self._read()
@@ -201,7 +203,7 @@ class Peer:
 
     def _send(self, kind, body):
         with self._wlock:
-            self.sock.sendall(bytes([kind]) + _enc_len(len(body)) + body)
+            self.sock.sendall(bytes([kind]) + enc_len(len(body)) + body)
 
     def _recv(self, n):
         buf = bytearray()
@@ -248,14 +250,14 @@ class Peer:
 
     def subscribe(self, topic, qos=0):
         pid = self._next()
-        self._send(0x82, struct.pack(">H", pid) + _str(topic.encode()) + bytes([qos]))
+        self._send(0x82, struct.pack(">H", pid) + mqtt_str(topic.encode()) + bytes([qos]))
         self._acks.get(timeout=5)
 
     def publish(self, topic, payload, qos=0, retain=False):
         if isinstance(payload, str):
             payload = payload.encode()
         head = 0x30 | (qos << 1) | (1 if retain else 0)
-        body = _str(topic.encode())
+        body = mqtt_str(topic.encode())
         if qos:
             body += struct.pack(">H", self._next())
         self._send(head, body + payload)

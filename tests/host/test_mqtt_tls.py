@@ -9,18 +9,17 @@ longest the client held the event loop, during the handshake ("hsgap") and overa
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pytest's importlib mode: no path
+import mprobe  # noqa: E402
 from mosq import MOSQUITTO, Broker, Peer  # noqa: E402
 from tlsca import make_pki  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-MICROPYTHON = Path(sys.executable).parent / "micropython"
 PROBE = ROOT / "tests" / "mp" / "mqtt_tls_probe.py"
 MAX_GAP_MS = 100  # as for plain MQTT (tests/host/test_mqtt_client.py); measured ~17 ms
 CONNECT_TIMEOUT_MS = 3000  # the probe's connect timeout
@@ -45,18 +44,8 @@ def broker(tmp_path, pki):
 
 def probe(host, port, cafile, scenario, *creds):
     """Run the probe to its end; its output as {first word: [the other words]}, checked."""
-    env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT / 'firmware'}")
-    out = subprocess.run(
-        [str(MICROPYTHON), str(PROBE), host, str(port), str(cafile), scenario, *creds],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    lines = out.stdout.splitlines()
-    assert out.returncode == 0, (lines, out.stderr)
-    assert not any(x.startswith(("error", "Traceback", "unexpected")) for x in lines), lines
+    bad = ("error", "Traceback", "unexpected")
+    lines = mprobe.run(PROBE, host, port, cafile, scenario, *creds, bad=bad)
     got = {line.split()[0]: line.split()[1:] for line in lines}
     assert int(got["gap"][0]) < MAX_GAP_MS, lines
     assert int(got["hsgap"][0]) < MAX_GAP_MS, lines

@@ -2,12 +2,11 @@
 (dispenser/net.py, UPLINK_RESERVE) or its configuration cannot be used; Net.start() never
 raises into the boot. On the real MicroPython VM with a small heap."""
 
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-MICROPYTHON = Path(sys.executable).parent / "micropython"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pytest's importlib mode: no path
+import mprobe  # noqa: E402
 
 SCRIPT = r"""
 import asyncio, gc, sys
@@ -56,16 +55,7 @@ asyncio.run(main())
 
 
 def run(reserve, config="plain"):
-    p = subprocess.run(
-        [str(MICROPYTHON), "-X", "heapsize=256K", "-c", SCRIPT, str(reserve), config],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"MICROPYPATH": f".frozen:{ROOT / 'firmware'}"},
-        cwd=ROOT,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    return p.stdout.splitlines()
+    return mprobe.run(SCRIPT, reserve, config, heap="256K")
 
 
 def test_the_uplink_starts_when_the_heap_allows():

@@ -9,7 +9,6 @@ App.offer_time does, and a 10 ms "dose loop" that measures how long the loop was
 import os
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -17,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pytest's importlib mode: no path
+import mprobe  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
-MICROPYTHON = Path(sys.executable).parent / "micropython"
 PROBE = ROOT / "tests" / "mp" / "sntp_probe.py"
 NTP_DELTA = 2208988800
 MAX_GAP_MS = 50  # the probe polls every 20 ms; nothing in it may hold the loop longer
@@ -135,19 +136,7 @@ def servers():
 
 
 def probe(port, mode, rounds, *hosts, timeout_ms=TIMEOUT_MS):
-    env = dict(os.environ, MICROPYPATH=f".frozen:{ROOT / 'firmware'}")
-    out = subprocess.run(
-        [str(MICROPYTHON), str(PROBE), str(port), str(mode), str(rounds), str(timeout_ms)]
-        + list(hosts),
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    lines = out.stdout.splitlines()
-    assert out.returncode == 0, (lines, out.stderr)
-    assert not any(x.startswith(("error", "Traceback")) for x in lines), lines
+    lines = mprobe.run(PROBE, port, mode, rounds, timeout_ms, *hosts)
     res = {"offers": [], "synced": [], "lines": lines}
     for line in lines:
         w = line.split()

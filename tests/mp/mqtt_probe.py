@@ -15,6 +15,8 @@ import os
 import sys
 from time import ticks_diff, ticks_ms
 
+from looptick import Ticker
+
 from dispenser.mqtt import Client, MQTTError
 
 PORT = int(sys.argv[1])
@@ -22,8 +24,7 @@ SCENARIO = sys.argv[2]
 FLAGS = sys.argv[3] if len(sys.argv) > 3 else "."
 HOST = "127.0.0.1"
 
-_gap = [0]
-_running = [True]
+TICK = Ticker()  # the 10 ms stand-in for the dose loop
 
 
 def say(*args):
@@ -32,17 +33,6 @@ def say(*args):
 
 def name(e):
     return type(e).__name__
-
-
-async def dose_loop():
-    last = ticks_ms()
-    while _running[0]:
-        await asyncio.sleep_ms(10)
-        now = ticks_ms()
-        d = ticks_diff(now, last)
-        if d > _gap[0]:
-            _gap[0] = d
-        last = now
 
 
 async def flag(fname, timeout=20):
@@ -216,14 +206,14 @@ async def oversized():
 
 
 async def main():
-    task = asyncio.create_task(dose_loop())
+    task = asyncio.create_task(TICK.run())
     try:
         await globals()[SCENARIO]()
     except Exception as e:  # noqa: BLE001  (reported to the test, which fails on it)
         say("error", name(e), e)
-    _running[0] = False
+    TICK.running = False
     await task
-    say("gap", _gap[0])
+    say("gap", TICK.gap)
 
 
 asyncio.run(main())

@@ -15,6 +15,8 @@ import gc
 import sys
 from time import ticks_diff, ticks_ms
 
+from looptick import Ticker
+
 from dispenser import tls
 from dispenser.mqtt import Client
 
@@ -26,26 +28,11 @@ USER = sys.argv[5] if len(sys.argv) > 6 else None
 PASSWORD = sys.argv[6] if len(sys.argv) > 6 else None
 TIMEOUT = 3
 
-_gap = [0]
-_window = [False, 0]  # measuring the connect?, its longest gap
-_running = [True]
+TICK = Ticker()  # the 10 ms stand-in for the dose loop
 
 
 def say(*args):
     print(*args)
-
-
-async def dose_loop():
-    last = ticks_ms()
-    while _running[0]:
-        await asyncio.sleep_ms(10)
-        now = ticks_ms()
-        d = ticks_diff(now, last)
-        if d > _gap[0]:
-            _gap[0] = d
-        if _window[0] and d > _window[1]:
-            _window[1] = d
-        last = now
 
 
 def ca():
@@ -63,13 +50,13 @@ async def until(cond, timeout):
 
 
 async def connect(c):
-    _window[0] = True
+    TICK.window()
     t0 = ticks_ms()
     try:
         return await c.connect(TIMEOUT), ticks_diff(ticks_ms(), t0)
     finally:
-        _window[0] = False
-        say("hsgap", _window[1])
+        TICK.in_window = False
+        say("hsgap", TICK.window_gap)
 
 
 async def ok():
@@ -114,14 +101,14 @@ async def refused():
 
 
 async def main():
-    task = asyncio.create_task(dose_loop())
+    task = asyncio.create_task(TICK.run())
     try:
         await globals()[SCENARIO]()
     except Exception as e:  # noqa: BLE001  (reported to the test, which fails on it)
         say("error", type(e).__name__, e)
-    _running[0] = False
+    TICK.running = False
     await task
-    say("gap", _gap[0])
+    say("gap", TICK.gap)
 
 
 asyncio.run(main())

@@ -22,6 +22,8 @@ import sys
 import time
 from time import ticks_diff, ticks_ms
 
+from looptick import Ticker
+
 from dispenser import sntp
 from dosiscore.timesrc import StepFilter
 
@@ -30,23 +32,11 @@ MODE = sys.argv[2]
 TIMEOUT_MS = int(sys.argv[4])
 SERVERS = sys.argv[5:]
 
-_gap = [0]
-_running = [True]
+TICK = Ticker()  # the 10 ms stand-in for the dose loop
 
 
 def say(*args):
     print(*args)
-
-
-async def dose_loop():
-    last = ticks_ms()
-    while _running[0]:
-        await asyncio.sleep_ms(10)
-        now = ticks_ms()
-        d = ticks_diff(now, last)
-        if d > _gap[0]:
-            _gap[0] = d
-        last = now
 
 
 def fds():
@@ -94,14 +84,14 @@ async def run():
 
 
 async def main():
-    task = asyncio.create_task(dose_loop())
+    task = asyncio.create_task(TICK.run())
     try:
         await run()
     except Exception as e:  # noqa: BLE001  (reported to the test, which fails on it)
         say("error", type(e).__name__, e)
-    _running[0] = False
+    TICK.running = False
     await task
-    say("gap", _gap[0])
+    say("gap", TICK.gap)
 
 
 asyncio.run(main())

@@ -17,7 +17,8 @@ for device "probe" with a 10 ms stand-in for the dose loop beside it. Every 200 
 
 import asyncio
 import sys
-from time import ticks_diff, ticks_ms
+
+from looptick import Ticker
 
 from dispenser.doselog import DoseLog, OsFS
 from dispenser.uplink import Uplink, client_factory
@@ -31,7 +32,7 @@ RESEND = float(sys.argv[5])
 BACKOFF = (float(sys.argv[6]), float(sys.argv[7]))
 UKEY = bytes.fromhex(sys.argv[8]) if len(sys.argv) > 8 else None  # signed (v2) if given
 T0 = 1767225600
-_gap = [0]
+TICK = Ticker()  # the 10 ms stand-in for the dose loop
 
 
 class Ticks:
@@ -42,17 +43,6 @@ class Ticks:
     def __call__(self):
         self.ms += 120000
         return self.ms
-
-
-async def dose_loop():
-    last = ticks_ms()
-    while True:
-        await asyncio.sleep_ms(10)
-        now = ticks_ms()
-        d = ticks_diff(now, last)
-        if d > _gap[0]:
-            _gap[0] = d
-        last = now
 
 
 async def appender(log, up):
@@ -80,7 +70,7 @@ async def main():
     )
     if not INTERVAL:
         await appender(log, up)
-    asyncio.create_task(dose_loop())
+    asyncio.create_task(TICK.run())
     asyncio.create_task(up.run())
     if INTERVAL:
         asyncio.create_task(appender(log, up))
@@ -96,7 +86,7 @@ async def main():
             u["published"],
             u["rejected"],
             u["resends"],
-            _gap[0],
+            TICK.gap,
         )
 
 
