@@ -291,15 +291,17 @@ async def settings(link, args):
 # -- the network (dispenser/net.py; `dosis provision`) -----------------------------------------
 
 
-def _net_update(link, section, value):
+def _net_update(link, **sections):
+    """Set (or, with None, drop) sections of net.json in one write, then restart the net."""
     from dispenser import net
 
     cfg = link.store.load(net.CONFIG)
     cfg = cfg if isinstance(cfg, dict) else {}
-    if value is None:
-        cfg.pop(section, None)
-    else:
-        cfg[section] = value
+    for section, value in sections.items():
+        if value is None:
+            cfg.pop(section, None)
+        else:
+            cfg[section] = value
     link.store.save(net.CONFIG, cfg)
     n = getattr(link, "net", None)
     if n is not None:
@@ -315,7 +317,7 @@ async def net_wifi(link, args):
         w = net.check_wifi(args)
     except net.Invalid as e:
         raise Refused("bad_args", str(e))
-    return _net_update(link, "wifi", w)
+    return _net_update(link, wifi=w)
 
 
 async def net_mqtt(link, args):
@@ -349,7 +351,7 @@ async def net_mqtt(link, args):
                 raise Refused(
                     "bad_args", "backoff must be [low, high] seconds, 0.1 <= low <= high"
                 )
-    out = _net_update(link, "mqtt", m)
+    out = _net_update(link, mqtt=m)
     n = getattr(link, "net", None)
     return out if n is None else n.stats()
 
@@ -362,8 +364,9 @@ async def net_ntp(link, args):
     except net.Invalid as e:
         raise Refused("bad_args", str(e))
     port = _int(args, "port", 1, 65535) if "port" in args else 123
-    _net_update(link, "ntp_port", port if servers and port != 123 else None)
-    return _net_update(link, "ntp", servers or None)
+    return _net_update(
+        link, ntp=servers or None, ntp_port=port if servers and port != 123 else None
+    )
 
 
 async def net_get(link, args):

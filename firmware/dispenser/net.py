@@ -32,7 +32,8 @@ RESEND_S = 60
 # Free heap the uplink must leave after its modules are in and its TLS context is built (its
 # MQTT buffer, in-flight publishes, and a margin the dose loop keeps). Below it, the uplink
 # stays off and says why (net.get): reminding matters more than reporting, and the gateway
-# reports a device it never hears from as offline. Measured with `make bench-uplink`.
+# reports a device it never hears from as offline. What the uplink itself takes: `make
+# bench-uplink` (bench/RESULTS.md).
 UPLINK_RESERVE = 40 * 1024
 NTP_EVERY_S = 6 * 3600
 _WIFI_WAIT_S = 20  # for an association before trying again
@@ -333,7 +334,8 @@ class Net:
         clock = b.clock
         app = self.app
         st = self.log.stats() if self.log is not None else {"durable": 0, "acked": 0}
-        gc.collect()
+        # No gc.collect() here: on the ESP32 it can hold the loop for tens of ms; free heap
+        # without one is a lower bound, which is what a health report wants.
         return {
             "v": 1,
             "t": clock.now() if clock.valid() else None,
