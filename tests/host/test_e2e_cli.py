@@ -45,6 +45,9 @@ from dosis.device import Device, open_device
 from dosis.keystore import Keystore
 from dosis.simhost import VirtualDispenser
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pytest's importlib mode: no path
+from dosisenv import clean_env  # noqa: E402
+
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="pseudo-terminals are POSIX only")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,24 +78,6 @@ class World:
 def usb_boards() -> bool:
     """Whether a real ESP32 board is plugged in (auto-detection then sees it too)."""
     return any(p.kind == "esp32" for p in ports.find_ports())
-
-
-def _env(root: Path, **extra: str) -> dict[str, str]:
-    """A clean environment for `dosis`: no DOSIS_* of the user's, a temporary HOME, keystore,
-    run directory and runtime directory, and a UTF-8 locale (a nurse's terminal)."""
-    drop = ("LC_ALL", "LC_CTYPE", "LANGUAGE", "PYTHONIOENCODING")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOSIS_") and k not in drop}
-    env.update(
-        HOME=str(root / "home"),
-        XDG_CONFIG_HOME=str(root / "home" / ".config"),
-        XDG_CACHE_HOME=str(root / "home" / ".cache"),
-        XDG_RUNTIME_DIR=str(root / "xdg"),
-        DOSIS_RUN_DIR=str(root / "run"),
-        DOSIS_KEYSTORE=str(root / "keys.json"),
-        LANG="C.UTF-8",
-    )
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +111,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     sim=sim,
                     device_id=device_id,
                     firmware_log=log_path,
-                    env=_env(root, DOSIS_PORT=port),
+                    env=clean_env(root, DOSIS_PORT=port),
                 )
             finally:
                 sim.stop()
@@ -303,7 +288,7 @@ def test_02_auto_detect_and_none_registered(w: World) -> None:
     one_line_error(r, 4, f"no key for device {w.device_id}", "dosis pair")
 
     # None registered (an empty run directory): one line, exit 3.
-    empty = _env(w.root, DOSIS_RUN_DIR=str(w.root / "empty-run"))
+    empty = clean_env(w.root, DOSIS_RUN_DIR=str(w.root / "empty-run"))
     r = dosis(w, "info", env=empty)
     one_line_error(r, 3, "no dispenser found", "dosis sim", "--port")
     r = ok(dosis(w, "devices", env=empty))

@@ -22,6 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from dosis.cli_hil import hil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pytest's importlib mode: no path
 from dosis.errors import InputError
 from dosis.hil import runner
 from dosis.hil.runner import (
@@ -34,6 +36,7 @@ from dosis.hil.runner import (
     select,
     summary_lines,
 )
+from dosisenv import clean_env  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="pseudo-terminals are POSIX only")
 
@@ -66,23 +69,6 @@ TITLES = {
 }
 
 
-def _env(root: Path) -> dict[str, str]:
-    """No DOSIS_* of the user's; a temporary HOME, run directory and keystore."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOSIS_")}
-    for d in ("home", "xdg", "run"):
-        (root / d).mkdir(mode=0o700, exist_ok=True)
-    env.update(
-        HOME=str(root / "home"),
-        XDG_CONFIG_HOME=str(root / "home" / ".config"),
-        XDG_CACHE_HOME=str(root / "home" / ".cache"),
-        XDG_RUNTIME_DIR=str(root / "xdg"),
-        DOSIS_RUN_DIR=str(root / "run"),
-        DOSIS_KEYSTORE=str(root / "keys.json"),
-        LANG="C.UTF-8",
-    )
-    return env
-
-
 def _markers(name: str) -> set[str]:
     return MARKERS[name]
 
@@ -94,7 +80,7 @@ def _pytest(root: Path, *args: str, pre: str = "") -> subprocess.CompletedProces
         [sys.executable, "-c", code, str(runner.HIL_DIR), "-p", "no:cacheprovider", *args],
         capture_output=True,
         text=True,
-        env=_env(root),
+        env=clean_env(root),
         cwd=root,
         timeout=120,
     )
@@ -110,7 +96,7 @@ def test_hil_run_sim_writes_junit_and_a_summary(tmp_path: Path) -> None:
         + ["-k", "not deploy"],
         capture_output=True,
         text=True,
-        env=_env(tmp_path),
+        env=clean_env(tmp_path),
         cwd=tmp_path,
         timeout=150,
     )

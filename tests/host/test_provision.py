@@ -21,6 +21,7 @@ from dosis import ops  # noqa: E402
 from dosis.device import open_device  # noqa: E402
 from dosis.keystore import Keystore  # noqa: E402
 from dosis.simhost import VirtualDispenser  # noqa: E402
+from dosisenv import clean_env  # noqa: E402
 from mosq import MOSQUITTO, Broker, Peer  # noqa: E402
 from test_sntp import NTPServer, free_udp_port  # noqa: E402
 
@@ -41,12 +42,7 @@ class World:
         self.root, self.port, self.device_id = root, port, device_id
         self.broker, self.pki = broker, pki
         self.keys = Keystore(root / "keys.json")
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DOSIS_")} | {
-            "DOSIS_PORT": port,
-            "DOSIS_KEYSTORE": str(root / "keys.json"),
-            "DOSIS_RUN_DIR": str(root / "run"),
-            "HOME": str(root),
-        }
+        self.env = clean_env(root, DOSIS_PORT=port)
 
     def dosis(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
